@@ -1,0 +1,40 @@
+"""sciml-solvers core: one ``solve(problem, algorithm, **options)`` interface.
+
+>>> import torch
+>>> from solvers import ODEProblem, Tsit5, solve
+>>> sol = solve(ODEProblem(lambda t, y: -y, torch.ones(1, dtype=torch.float64), (0.0, 1.0)), Tsit5())
+>>> bool(abs(sol.ys[-1, 0] - torch.exp(torch.tensor(-1.0, dtype=torch.float64))) < 1e-6)
+True
+"""
+
+from .algorithm import Algorithm
+from .api import init, solve
+from .ode import (
+    METHODS,
+    RK4,
+    Bosh3,
+    ButcherTableau,
+    ConstantStepSize,
+    Dopri5,
+    Euler,
+    Heun,
+    IController,
+    Midpoint,
+    PIController,
+    PIDController,
+    Ralston,
+    TorchDiffEq,
+    Tsit5,
+    Verner65,
+)
+from .problem import ODEProblem
+from .solution import ReturnCode, Solution, SolverError, Stats, StepTrace
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Algorithm", "solve", "init", "ODEProblem", "Solution", "Stats", "StepTrace", "ReturnCode",
+    "SolverError", "ButcherTableau", "Euler", "Midpoint", "Heun", "Ralston", "RK4", "Bosh3", "Dopri5",
+    "Tsit5", "Verner65", "METHODS", "ConstantStepSize", "IController", "PIController", "PIDController",
+    "TorchDiffEq",
+]

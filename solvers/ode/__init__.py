@@ -1,0 +1,21 @@
+"""Explicit Runge-Kutta integrators, step-size controllers and dense output."""
+
+from .bosh3 import Bosh3
+from .classic import RK4, Euler, Heun, Midpoint, Ralston
+from .controllers import ConstantStepSize, Controller, IController, PIController, PIDController
+from .dopri5 import Dopri5
+from .integrator import ODEIntegrator, initial_step
+from .runge_kutta import ExplicitRungeKutta, StepResult
+from .tableau import ButcherTableau
+from .torchdiffeq_backend import TorchDiffEq
+from .tsit5 import Tsit5
+from .verner import Verner65
+
+#: Every explicit Runge-Kutta method, in order of increasing order.
+METHODS = (Euler, Midpoint, Heun, Ralston, Bosh3, RK4, Dopri5, Tsit5, Verner65)
+
+__all__ = [
+    "ButcherTableau", "ExplicitRungeKutta", "StepResult", "ODEIntegrator", "initial_step",
+    "Euler", "Midpoint", "Heun", "Ralston", "RK4", "Bosh3", "Dopri5", "Tsit5", "Verner65", "METHODS",
+    "Controller", "ConstantStepSize", "IController", "PIController", "PIDController", "TorchDiffEq",
+]
