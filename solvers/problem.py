@@ -60,3 +60,121 @@ class ODEProblem:
         fields = dict(f=self.f, y0=self.y0, tspan=self.tspan, analytic=self.analytic, name=self.name)
         fields.update(changes)
         return ODEProblem(**fields)
+
+
+@dataclass(frozen=True)
+class IntegralProblem:
+    """The definite integral ``I = int_a^b f(x) dmu(x)`` over ``domain = (a, b)``.
+
+    Args:
+        f: integrand, vectorised over nodes: ``f(x)`` receives a 1-D float64 tensor of nodes and returns
+            values with the nodes along the last dimension, shape ``(*batch, len(x))`` (a batch of
+            integrands integrated at once). Returning a NumPy array is accepted.
+        domain: ``(a, b)`` with ``a < b``, finite.
+        measure: the integration measure; ``"lebesgue"`` (``dmu = dx``) is the one supported.
+        name: optional label used in tables and plots.
+    """
+
+    f: Callable[[Tensor], Tensor]
+    domain: tuple[float, float]
+    measure: str = "lebesgue"
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if not callable(self.f):
+            raise TypeError(f"f must be callable, got {type(self.f).__name__}")
+        try:
+            a, b = check_span(self.domain, allow_reversed=False)
+        except ValueError as err:
+            raise ValueError(f"invalid integration domain {self.domain!r}: {err}") from err
+        object.__setattr__(self, "domain", (a, b))
+        if not isinstance(self.measure, str) or self.measure.lower() != "lebesgue":
+            raise ValueError(f"measure must be 'lebesgue' (the only one supported), got {self.measure!r}")
+        object.__setattr__(self, "measure", "lebesgue")
+
+    @property
+    def a(self) -> float:
+        return self.domain[0]
+
+    @property
+    def b(self) -> float:
+        return self.domain[1]
+
+
+@dataclass(frozen=True)
+class LinearProblem:
+    """The linear system ``A x = b`` for symmetric positive (semi-)definite solvers (CG, PCG, DCDM).
+
+    Args:
+        A: the operator: a dense or sparse (COO/CSR) 2-D torch tensor, a scipy sparse matrix or
+            array, or a callable ``matvec(x) -> A x`` on tensors shaped like ``b``.
+        b: right-hand side, a 1-D floating tensor of length ``n`` (the size of ``A``).
+        nullspace: for a singular (semi-definite) ``A``, an ``(n, k)`` tensor whose columns span
+            its null space (e.g. the constants of a pure-Neumann Poisson system); solvers keep the
+            iterates orthogonal to it. ``b`` must then be consistent (orthogonal to it).
+        grid: optional structure of the unknowns (e.g. a :class:`solvers.linear.PoissonGrid`),
+            used by solvers that read the geometry (the DCDM network).
+        name: optional label used in tables and plots.
+    """
+
+    A: object
+    b: Tensor
+    nullspace: Tensor | None = None
+    grid: object = None
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        import torch  # local: this block was appended to a module that imports only Tensor
+
+        check_floating("b", self.b)
+        if self.b.dim() != 1 or self.b.numel() == 0:
+            raise ValueError(f"b must be a non-empty 1-D tensor, got shape {tuple(self.b.shape)}")
+        check_finite("b", self.b)
+        n = self.b.numel()
+        A = self.A
+        if isinstance(A, Tensor):
+            check_floating("A", A)
+            if A.dim() != 2:
+                raise ValueError(f"A must be 2-D, got shape {tuple(A.shape)}")
+            if A.shape[0] != A.shape[1]:
+                raise ValueError(f"A must be square, got shape {tuple(A.shape)}")
+            values = A.values() if A.layout in (torch.sparse_coo, torch.sparse_csr) else A
+            if A.layout == torch.sparse_coo and not A.is_coalesced():
+                values = A.coalesce().values()
+            check_finite("A", values)
+        elif _is_scipy_sparse(A):
+            if len(A.shape) != 2 or A.shape[0] != A.shape[1]:
+                raise ValueError(f"A must be square, got shape {tuple(A.shape)}")
+            if A.dtype.kind not in "fc":
+                raise TypeError(f"A must have a floating dtype, got {A.dtype}")
+            import numpy as np
+
+            if not bool(np.isfinite(A.data).all()):
+                raise ValueError("A contains NaN or Inf values")
+        elif callable(A):
+            pass
+        else:
+            raise TypeError("A must be a torch tensor, a scipy sparse matrix or a matvec callable, "
+                            f"got {type(A).__name__}")
+        if not callable(A) and A.shape[0] != n:
+            raise ValueError(f"A is {A.shape[0]}x{A.shape[1]} but b has length {n}")
+        if self.nullspace is not None:
+            check_floating("nullspace", self.nullspace)
+            ns = self.nullspace if self.nullspace.dim() == 2 else self.nullspace.reshape(-1, 1)
+            if ns.shape[0] != n:
+                raise ValueError(f"nullspace must have {n} rows, got shape {tuple(self.nullspace.shape)}")
+            check_finite("nullspace", ns)
+            object.__setattr__(self, "nullspace", ns)
+
+    @property
+    def n(self) -> int:
+        """Number of unknowns."""
+        return self.b.numel()
+
+
+def _is_scipy_sparse(A: object) -> bool:
+    try:
+        import scipy.sparse as sp
+    except ImportError:  # pragma: no cover - scipy is a dependency
+        return False
+    return sp.issparse(A)
