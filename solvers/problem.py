@@ -178,3 +178,87 @@ def _is_scipy_sparse(A: object) -> bool:
     except ImportError:  # pragma: no cover - scipy is a dependency
         return False
     return sp.issparse(A)
+
+
+_SDE_NOISE_TYPES = ("diagonal", "additive", "scalar", "general")
+_SDE_TYPES = ("ito", "stratonovich")
+
+
+@dataclass(frozen=True)
+class SDEProblem:
+    """The stochastic initial value problem ``dy = f(t, y) dt + g(t, y) dW``, ``y(t0) = y0``.
+
+    Shapes follow torchsde's conventions so the same functions run under both libraries:
+
+    * ``noise="diagonal"``: ``g(t, y)`` has the shape of ``y`` (``(*batch, d)``) and multiplies a
+      ``d``-dimensional Brownian motion elementwise; ``g_i`` may depend on ``y_i`` only.
+    * ``noise="additive"``: ``g(t, y) -> (*batch, d, m)`` does not depend on ``y``.
+    * ``noise="scalar"``: ``g(t, y) -> (*batch, d, 1)``, one Brownian motion for all components.
+    * ``noise="general"``: ``g(t, y) -> (*batch, d, m)``, any dependence on ``y``.
+
+    Args:
+        f: drift ``f(t, y) -> (*batch, d)``; ``t`` is a 0-d float64 tensor.
+        g: diffusion (shape as above).
+        y0: initial state, floating tensor ``(*batch, d)``.
+        tspan: ``(t0, t1)`` with ``t0 < t1`` (SDEs are integrated forwards).
+        noise: one of ``"diagonal"``, ``"additive"``, ``"scalar"``, ``"general"``.
+        sde_type: ``"ito"`` or ``"stratonovich"``; for additive noise the two coincide.
+        brownian_size: ``m``, the dimension of the Brownian motion (inferred from ``g(t0, y0)``
+            when ``None``; it is ``d`` for diagonal noise and 1 for scalar noise).
+        analytic: exact solution ``analytic(t, W) -> y(t)`` as a function of the time and of the
+            Brownian value ``W(t) - W(t0)`` (shape ``(*batch, m)``), where one exists.
+        name: optional label.
+    """
+
+    f: Callable[[Tensor, Tensor], Tensor]
+    g: Callable[[Tensor, Tensor], Tensor]
+    y0: Tensor
+    tspan: tuple[float, float]
+    noise: str = "diagonal"
+    sde_type: str = "ito"
+    brownian_size: int | None = None
+    analytic: Callable[[Tensor, Tensor], Tensor] | None = None
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if not callable(self.f):
+            raise TypeError(f"f (drift) must be callable, got {type(self.f).__name__}")
+        if not callable(self.g):
+            raise TypeError(f"g (diffusion) must be callable, got {type(self.g).__name__}")
+        check_floating("y0", self.y0)
+        if self.y0.dim() == 0:
+            raise ValueError("y0 must have at least one dimension (shape (*batch, d)); got a 0-d tensor")
+        if self.y0.numel() == 0:
+            raise ValueError(f"y0 is empty (shape {tuple(self.y0.shape)})")
+        check_finite("y0", self.y0)
+        object.__setattr__(self, "tspan", check_span(self.tspan, allow_reversed=False))
+        if self.noise not in _SDE_NOISE_TYPES:
+            raise ValueError(f"noise must be one of {', '.join(_SDE_NOISE_TYPES)}; got {self.noise!r}")
+        if self.sde_type not in _SDE_TYPES:
+            raise ValueError(f"sde_type must be 'ito' or 'stratonovich'; got {self.sde_type!r}")
+        m = self.brownian_size
+        if m is not None:
+            if int(m) != m or m < 1:
+                raise ValueError(f"brownian_size must be a positive integer, got {m!r}")
+            if self.noise == "scalar" and m != 1:
+                raise ValueError(f"scalar noise has brownian_size 1, got {m}")
+            if self.noise == "diagonal" and m != self.y0.shape[-1]:
+                raise ValueError(f"diagonal noise needs brownian_size = d = {self.y0.shape[-1]}, got {m}")
+        if self.analytic is not None and not callable(self.analytic):
+            raise TypeError("analytic must be callable or None")
+
+    @property
+    def t0(self) -> float:
+        return self.tspan[0]
+
+    @property
+    def t1(self) -> float:
+        return self.tspan[1]
+
+    def replace(self, **changes) -> SDEProblem:
+        """A copy with some fields changed (e.g. another ``y0`` or ``tspan``)."""
+        fields = dict(f=self.f, g=self.g, y0=self.y0, tspan=self.tspan, noise=self.noise,
+                      sde_type=self.sde_type, brownian_size=self.brownian_size, analytic=self.analytic,
+                      name=self.name)
+        fields.update(changes)
+        return SDEProblem(**fields)
