@@ -229,8 +229,8 @@ class LagrangianPINN(_PINNBase):
         fa = problem.f(torch.full_like(t, a), t, left(t))
         fb = problem.f(torch.full_like(t, b), t, right(t))
         if float(fa.abs().max()) > 1e-12 or float(fb.abs().max()) > 1e-12:
-            raise ValueError("LagrangianPINN handles Dirichlet boundaries only where the characteristic speed "
-                             "vanishes at both ends (no inflow); use PINN for this problem")
+            raise ValueError("LagrangianPINN handles Dirichlet boundaries only where the characteristic "
+                             "speed vanishes at both ends (no inflow); use PINN for this problem")
 
     def build(self, problem: PDEProblem) -> nn.Module:
         return LagrangianNet(problem, self.hidden, self.activation)
@@ -270,5 +270,5 @@ class LagrangianPINN(_PINNBase):
         if jmin <= self.jacobian_tol and sol.retcode.success:
             sol.retcode = ReturnCode.CHARACTERISTICS_CROSSED
             warnings.warn(f"LagrangianPINN on {problem.name!r}: characteristics crossed (min dx/dx0 = "
-                          f"{jmin:.3g} <= {self.jacobian_tol:g}); the Lagrangian solution is not single-valued "
-                          f"in x there", RuntimeWarning, stacklevel=3)
+                          f"{jmin:.3g} <= {self.jacobian_tol:g}); the Lagrangian solution is not "
+                          f"single-valued in x there", RuntimeWarning, stacklevel=3)

@@ -242,7 +242,8 @@ class EulerianNet(nn.Module):
                  hard_ic: bool):
         super().__init__()
         self.problem = problem
-        self.embed = SpaceTimeEmbedding(problem.domain, problem.tspan, problem.periodic and periodic_embedding)
+        periodic = problem.periodic and periodic_embedding
+        self.embed = SpaceTimeEmbedding(problem.domain, problem.tspan, periodic)
         self.net = MLP(self.embed.features, hidden, 1, act)
         self.hard_ic = hard_ic
 
@@ -253,8 +254,9 @@ class EulerianNet(nn.Module):
         return n
 
 
-def causal_residual_loss(r2: Tensor, t: Tensor, tspan: tuple[float, float], chunks: int, eps: float) -> Tensor:
-    """Wang et al.'s causal loss ``(1/M) sum_i w_i L_i``, ``w_i = exp(-eps sum_{k<i} L_k)`` (weights detached).
+def causal_residual_loss(r2: Tensor, t: Tensor, tspan: tuple[float, float], chunks: int,
+                         eps: float) -> Tensor:
+    """Wang et al.'s causal loss ``(1/M) sum_i w_i L_i``, ``w_i = exp(-eps sum_{k<i} L_k)`` (w detached).
 
     ``L_i`` is the mean squared residual over the points whose time falls in slab ``i`` of ``M = chunks``.
     """
@@ -285,8 +287,8 @@ class PINN(_PINNBase):
         weights: loss weights ``residual``, ``ic``, ``bc`` (default 1).
     """
 
-    def __init__(self, *, periodic_embedding: bool = True, hard_ic: bool = True, causal_eps: float | None = None,
-                 causal_chunks: int | None = None, **kwargs: Any):
+    def __init__(self, *, periodic_embedding: bool = True, hard_ic: bool = True,
+                 causal_eps: float | None = None, causal_chunks: int | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         self.periodic_embedding = bool(periodic_embedding)
         self.hard_ic = bool(hard_ic)

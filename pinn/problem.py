@@ -23,7 +23,7 @@ from torch import Tensor
 
 from solvers._checks import check_span
 
-from .reference import X, T, cole_hopf, convection_diffusion_trig, periodic_gaussian_solution
+from .reference import T, X, cole_hopf, convection_diffusion_trig, periodic_gaussian_solution
 from .symbolic import to_torch
 
 W = sp.Symbol("w", real=True)
@@ -111,7 +111,8 @@ class PDEProblem:
         if not callable(self.diffusion):
             nu = float(self.diffusion)
             if not math.isfinite(nu) or nu < 0:
-                raise ValueError(f"the diffusion coefficient nu must be finite and >= 0, got {self.diffusion}")
+                raise ValueError(f"the diffusion coefficient nu must be finite and >= 0, "
+                                 f"got {self.diffusion}")
             object.__setattr__(self, "diffusion", nu)
         if isinstance(self.u0, Tensor):
             if self.boundary != "periodic":
@@ -341,7 +342,8 @@ def burgers_moving_shock(C: float = 0.0, nu: float = 0.01, nodes: int = 200,
     return PDEProblem(
         u0=to_torch(u0, (X,)), domain=(0.0, 2 * math.pi), tspan=tspan, flux=lambda x, t, w: w,
         diffusion=float(nu), boundary="periodic", reference=ref,
-        name=f"burgers sin x + C, C={C:g} nu={nu:g}", params={"kind": "burgers-shift", "nu": float(nu), "C": C},
+        name=f"burgers sin x + C, C={C:g} nu={nu:g}",
+        params={"kind": "burgers-shift", "nu": float(nu), "C": C},
         symbolic={"u0": u0, "f": W, "g": sp.nsimplify(nu), "s": sp.Integer(0)},
     )
 

@@ -3,8 +3,9 @@
 * Convection-diffusion ``u_t + beta u_x = nu u_xx`` on a periodic interval: each Fourier mode
   ``e^{ikx}`` of the initial data translates with speed ``beta`` and decays like ``e^{-nu k^2 t}``, so for
   ``u0 = sin x`` the solution is ``e^{-nu t} sin(x - beta t)``. A Gaussian front ``exp(-(x-c)^2 / (2 s^2))``
-  spreads to ``s / s_t exp(-(x - c - beta t)^2 / (2 s_t^2))`` with ``s_t^2 = s^2 + 2 nu t`` (heat kernel), summed
-  over periodic images. Both are built as SymPy expressions (tests check them symbolically and by autograd).
+  spreads to ``s / s_t exp(-(x - c - beta t)^2 / (2 s_t^2))`` with ``s_t^2 = s^2 + 2 nu t`` (heat
+  kernel), summed over periodic images. Both are built as SymPy expressions (tests check them
+  symbolically and by autograd).
 * Viscous Burgers ``u_t + u u_x = nu u_xx`` by the Cole-Hopf transform (Hopf 1950, Cole 1951):
   ``u = -2 nu phi_x / phi`` with ``phi`` solving the heat equation, so
   ``u(x, t) = int u0(x - eta) phi0(x - eta) G(eta) d eta / int phi0(x - eta) G(eta) d eta`` with
@@ -21,9 +22,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from scipy.special import roots_hermite
 import sympy as sp
 import torch
+from scipy.special import roots_hermite
 from sympy.simplify.fu import TR8
 from torch import Tensor
 
@@ -69,7 +70,8 @@ def gaussian_heat(center: float, width: float, beta: float, nu: float, shift: sp
 
 
 def periodic_gaussian_solution(center: float, width: float, beta: float, nu: float,
-                               domain: tuple[float, float], images: int = 1) -> Callable[[Tensor, Tensor], Tensor]:
+                               domain: tuple[float, float],
+                               images: int = 1) -> Callable[[Tensor, Tensor], Tensor]:
     """Periodic version of :func:`gaussian_heat`: wrap ``x - beta t`` into the domain, sum periodic images.
 
     With ``images = 1`` the terms dropped are ``exp(-(3 L / 2)^2 / (2 s_t^2))`` relative to the peak
