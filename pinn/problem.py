@@ -144,6 +144,15 @@ class PDEProblem:
             if gap > 1e-6 * scale:
                 raise ValueError(f"u0 is not periodic on [{a}, {b}]: u0(b) - u0(a) = {gap:.3g}; use "
                                  f"boundary='dirichlet' or periodic initial data")
+            # the slope too: a kink at the wrap-around point breaks the smooth periodic ansatz
+            xg = x.clone().requires_grad_(True)
+            with torch.enable_grad():
+                vg = self.u0(xg)
+                dv = torch.autograd.grad(vg.sum(), xg, allow_unused=True)[0] if vg.requires_grad else None
+            if dv is not None:
+                gap = abs(float(dv[-1] - dv[0]))
+                if gap > 1e-6 * (1.0 + float(dv.abs().max())):
+                    raise ValueError(f"u0 is not periodic on [{a}, {b}]: u0'(b) - u0'(a) = {gap:.3g}")
 
     # -- coefficients -------------------------------------------------------------------------
     @property

@@ -76,15 +76,18 @@ def train(module: nn.Module, loss_fn: LossFn, *, adam_iters: int = 5000, lr: flo
         state = torch.load(checkpoint, weights_only=False)
         module.load_state_dict(state["module"])
         adam.load_state_dict(state["adam"])
-        sched.load_state_dict(state["sched"])
         res.history, start_it, elapsed = state["history"], state["iteration"], state["time"]
+        # Restart the schedule at the saved iteration (of this run's schedule, not the saved one's).
+        sched.last_epoch = min(start_it, adam_iters)
+        for group in adam.param_groups:
+            group["lr"] = lr * gamma ** min(start_it, adam_iters)
 
     def save(it: int) -> None:
         if checkpoint is None:
             return
         tmp = f"{checkpoint}.tmp"
-        torch.save({"module": module.state_dict(), "adam": adam.state_dict(), "sched": sched.state_dict(),
-                    "history": res.history, "iteration": it, "time": elapsed}, tmp)
+        torch.save({"module": module.state_dict(), "adam": adam.state_dict(), "history": res.history,
+                    "iteration": it, "time": elapsed}, tmp)
         os.replace(tmp, checkpoint)
 
     def log(it: int, phase: str, loss: Tensor, parts: dict[str, Tensor], with_monitor: bool) -> None:
