@@ -1,0 +1,224 @@
+"""Training the DCDM network (Kaneda et al., ICML 2023, Sec. 4.1-4.3).
+
+Loss (unsupervised, scale-invariant): the residual left by one DCDM step from ``x_0 = 0``,
+
+    L(theta) = mean_b || b - alpha A q ||^2,   q = f_theta(b),   alpha = (q, b) / (q, A q),
+
+for unit-norm ``b``; ``L = 1 - (q, b)^2 / (||b||^2 (q, A q) / ...)`` is invariant to the scale of ``q``
+and vanishes iff ``q`` is parallel to ``A^{-1} b``.
+
+Training vectors: Ritz vectors of ``A`` from ``m`` Lanczos steps with full reorthogonalisation, combined
+with random Gaussian weights, the low end of the spectrum weighted up (``low_weight = 9`` on the lowest
+half of the Ritz values, as in the paper's data generation), then normalised. The low modes are the
+ones CG resolves slowly, so the network must treat them well. Samples are drawn on the fly from the
+stored Ritz basis (the paper precomputes 20,000 vectors at 64^3, tens of GB).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import scipy.linalg as sla
+import scipy.sparse as sp
+import torch
+from torch import Tensor
+
+from .network import DCDMNet
+from .poisson import PoissonGrid
+
+__all__ = ["lanczos_ritz", "RitzSampler", "dcdm_loss", "TrainConfig", "train_dcdm", "load_dcdm",
+           "pretrained_path", "load_pretrained"]
+
+
+def lanczos_ritz(A: sp.spmatrix, m: int, seed: int = 0, nullspace: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """``m`` Ritz pairs of symmetric ``A`` from ``m`` Lanczos steps with full reorthogonalisation.
+
+    Returns ``(theta, Y)``: Ritz values ascending and the ``(n, m)`` orthonormal Ritz vectors ``V S``, where
+    ``T = S diag(theta) S^T`` is the Lanczos tridiagonal matrix (Golub & Van Loan, *Matrix Computations*,
+    4th ed., Sec. 10.1). Vectors are kept orthogonal to ``nullspace`` when given.
+    """
+    n = A.shape[0]
+    m = min(m, n)
+    rng = np.random.default_rng(seed)
+    V = np.zeros((n, m))
+    alpha, beta = np.zeros(m), np.zeros(m)
+
+    def proj(v):
+        if nullspace is not None:
+            v = v - nullspace @ (nullspace.T @ v)
+        return v
+    v = proj(rng.standard_normal(n))
+    v /= np.linalg.norm(v)
+    k_used = m
+    for j in range(m):
+        V[:, j] = v
+        w = proj(A @ v)
+        alpha[j] = v @ w
+        # full reorthogonalisation, twice ("twice is enough", Parlett)
+        for _ in range(2):
+            w -= V[:, : j + 1] @ (V[:, : j + 1].T @ w)
+        bj = np.linalg.norm(w)
+        if j + 1 < m:
+            if bj < 1e-10:
+                k_used = j + 1
+                break
+            beta[j] = bj
+            v = w / bj
+    theta, S = sla.eigh_tridiagonal(alpha[:k_used], beta[: k_used - 1])
+    return theta, V[:, :k_used] @ S
+
+
+class RitzSampler:
+    """Draws normalised training right-hand sides ``b = sum_i c_i w_i y_i / ||.||`` with ``c_i ~ N(0, 1)``,
+    ``w_i = low_weight`` for the lowest ``low_fraction`` of Ritz values and 1 otherwise."""
+
+    def __init__(self, ritz_vectors: np.ndarray, low_weight: float = 9.0, low_fraction: float = 0.5,
+                 dtype: torch.dtype = torch.float32):
+        self.Y = torch.as_tensor(ritz_vectors, dtype=dtype)
+        m = self.Y.shape[1]
+        w = torch.ones(m, dtype=dtype)
+        w[: max(1, int(round(low_fraction * m)))] = low_weight
+        self.w = w
+
+    def sample(self, batch: int, generator: torch.Generator) -> Tensor:
+        c = torch.randn(batch, self.Y.shape[1], generator=generator, dtype=self.Y.dtype) * self.w
+        b = c @ self.Y.T
+        return b / torch.linalg.vector_norm(b, dim=1, keepdim=True)
+
+
+def dcdm_loss(q: Tensor, b: Tensor, Aq: Tensor) -> Tensor:
+    """``mean || b - alpha A q ||^2`` with ``alpha = (q, b) / (q, A q)``; rows are samples."""
+    alpha = (q * b).sum(1, keepdim=True) / (q * Aq).sum(1, keepdim=True).clamp_min(1e-30)
+    return (b - alpha * Aq).square().sum(1).mean()
+
+
+@dataclass
+class TrainConfig:
+    """Settings of :func:`train_dcdm` (saved with every checkpoint)."""
+
+    n: int = 32
+    dim: int = 3
+    geometries: int = 4            # random training domains (geometry seeds 0..geometries-1)
+    obstacles: int = 2
+    ritz: int = 300                # Lanczos steps (Ritz vectors) per geometry
+    low_weight: float = 9.0
+    batch: int = 8
+    steps: int = 3000
+    lr: float = 2e-3
+    lr_final: float = 1e-4
+    channels: int = 16
+    c_quarter: int = 8
+    seed: int = 0
+    checkpoint_every: int = 100
+    minutes: float = 60.0          # wall-clock budget; training stops (and saves) when it runs out
+    extra: dict = field(default_factory=dict)
+
+
+def training_grids(cfg: TrainConfig) -> list[PoissonGrid]:
+    """The training domains: smoke boxes (walls, open top) with random spheres/boxes, seeds 0.. ."""
+    from .poisson import random_obstacles, smoke_domain
+    return [smoke_domain(cfg.n, cfg.dim, random_obstacles(cfg.dim, cfg.obstacles, seed=g))
+            for g in range(cfg.geometries)]
+
+
+def train_dcdm(cfg: TrainConfig, checkpoint: str | os.PathLike | None = None, progress: bool = True,
+               grids: Sequence[PoissonGrid] | None = None) -> tuple[DCDMNet, list[float]]:
+    """Train a :class:`DCDMNet` on ``cfg``'s domains; resumes from ``checkpoint`` when it exists.
+
+    Each step draws one domain (cycling) and ``cfg.batch`` Ritz-vector right-hand sides, and takes an Adam
+    step on :func:`dcdm_loss` (``A q`` by the grid's torch stencil). The learning rate decays
+    geometrically from ``lr`` to ``lr_final``. Returns the network and the loss history.
+    """
+    from tqdm.auto import tqdm
+
+    torch.manual_seed(cfg.seed)
+    grids = list(grids) if grids is not None else training_grids(cfg)
+    net = DCDMNet(cfg.dim, channels=cfg.channels, c_quarter=cfg.c_quarter)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    gamma = (cfg.lr_final / cfg.lr) ** (1.0 / max(cfg.steps, 1))
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    step, history = 0, []
+    path = Path(checkpoint) if checkpoint is not None else None
+    if path is not None and path.exists():
+        state = torch.load(path, weights_only=False)
+        net.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        gen.set_state(state["generator"])
+        step, history = state["step"], state["history"]
+    samplers, stencils, geoms = [], [], []
+    for gi, g in enumerate(grids):
+        N = g.nullspace()
+        _, Y = lanczos_ritz(g.matrix(), cfg.ritz, seed=cfg.seed + gi, nullspace=N)
+        samplers.append(RitzSampler(Y, cfg.low_weight))
+        stencils.append(g.stencil())
+        geoms.append(g.geometry())
+
+    def save():
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(dict(model=net.state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(),
+                        generator=gen.get_state(), step=step, history=history, config=asdict(cfg)), tmp)
+        os.replace(tmp, path)  # atomic: an interrupted save never corrupts the checkpoint
+
+    t_start = time.perf_counter()
+    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="DCDM training")
+    while step < cfg.steps:
+        gi = step % len(grids)
+        g = grids[gi]
+        b = samplers[gi].sample(cfg.batch, gen)
+        bg = g.to_grid(b * math.sqrt(g.n))  # unit-RMS input, as the solver feeds it
+        q = net(bg, geoms[gi])
+        Aq = g.from_grid(stencils[gi](q))
+        loss = dcdm_loss(g.from_grid(q), b, Aq)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        step += 1
+        history.append(float(loss.detach()))
+        bar.update(1)
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{np.mean(history[-20:]):.4f}")
+        if step % cfg.checkpoint_every == 0:
+            save()
+        if (time.perf_counter() - t_start) / 60 > cfg.minutes:
+            break
+    bar.close()
+    save()
+    return net, history
+
+
+def load_dcdm(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> DCDMNet:
+    """A :class:`DCDMNet` from a weights file written by :func:`save_weights` or a training checkpoint."""
+    state = torch.load(path, map_location=map_location, weights_only=False)
+    cfg = state.get("config", {})
+    net = DCDMNet(cfg.get("dim", 3), channels=cfg.get("channels", 16), c_quarter=cfg.get("c_quarter", 8))
+    net.load_state_dict(state["model"])
+    net.eval()
+    return net
+
+
+def save_weights(net: DCDMNet, cfg: TrainConfig, path: str | os.PathLike, **info) -> None:
+    """The model and its config only (small; what the repository ships)."""
+    torch.save(dict(model=net.state_dict(), config=asdict(cfg), info=info), path)
+
+
+def pretrained_path() -> Path:
+    """The shipped weights: trained at 32^3 by ``benchmarks/train_dcdm.py``."""
+    return Path(__file__).with_name("weights") / "dcdm3d_n32.pt"
+
+
+def load_pretrained(map_location: str | torch.device = "cpu") -> DCDMNet:
+    """The shipped 3D network (see :func:`pretrained_path`)."""
+    return load_dcdm(pretrained_path(), map_location)
