@@ -194,8 +194,9 @@ class ExplicitRungeKutta(Algorithm):
             nfe -= 1
         y_flat = y.reshape(-1)
         y1, K, g = self.stages_from(f, t, y_flat, dt, f0.reshape(-1), y.shape, co)
-        return StepResult(y=y1.view(y.shape), error_estimate=self.error_norm(y_flat, y1, K, dt, rtol, atol, co),
-                          stiffness_estimate=self.stiffness(K, g), nfe=nfe, k=K)
+        err = self.error_norm(y_flat, y1, K, dt, rtol, atol, co)
+        return StepResult(y=y1.view(y.shape), error_estimate=err, stiffness_estimate=self.stiffness(K, g),
+                          nfe=nfe, k=K)
 
     # -- solving ------------------------------------------------------------------------------
     def init(self, problem: ODEProblem, **options: Any):
