@@ -5,7 +5,8 @@ and also integrates sampled data (``rule.integrate(values, nodes)``). Degrees of
 highest polynomial degree integrated exactly) and error orders on a grid of spacing ``h``:
 
 * trapezoid: degree 1, error ``-(b - a) h^2 f''/12`` (order 2);
-* composite Simpson: degree 3, error ``-(b - a) h^4 f''''/180`` (order 4); for an even number of
+* composite Simpson: degree 3 on equally spaced nodes (2 on non-uniform ones), error
+  ``-(b - a) h^4 f''''/180`` (order 4); for an even number of
   nodes the last three intervals use the 3/8 rule (also degree 3);
 * Gauss-Legendre with n points: degree ``2n - 1`` (Golub-Welsch nodes, numpy's ``leggauss``);
 * Romberg with ``2^k + 1`` nodes: Richardson extrapolation of the trapezoid rule, degree ``2k + 1``.
