@@ -156,8 +156,9 @@ def bq_weights(kernel: Kernel, nodes: Any, domain: tuple[float, float],
                              f"got {x.numel()}")
     # Shift to [0, T]: the rule is translation invariant. Rounding the key keeps repeated calls on
     # shifted copies of one grid on the same cache entry.
-    offsets = tuple(float(v) for v in np.round((x.numpy() - a) / T, 13) * T)
-    key = (kernel.key(), offsets, float(T), degree)
+    T = float(f"{T:.12g}")
+    offsets = tuple(float(v) for v in np.round((x.numpy() - a) / T, 12) * T)
+    key = (kernel.key(), offsets, T, degree)
     hit = _CACHE.get(key)
     if hit is not None:
         _CACHE.move_to_end(key)

@@ -194,6 +194,12 @@ class ControlAffineProblem:
         if A.dim() != 2 or tuple(A.shape) != (d, d) or B.shape[0] != d:
             raise ValueError(f"A must be square and B must have {d} rows; got A {tuple(A.shape)}, "
                              f"B {tuple(B.shape)}")
+        if tuple(Q.shape) != (d, d):
+            raise ValueError(f"Q must be ({d}, {d}) to match A, got {tuple(Q.shape)}")
+        if tuple(R.shape) != (B.shape[1], B.shape[1]):
+            raise ValueError(f"R must be ({B.shape[1]}, {B.shape[1]}) to match B, got {tuple(R.shape)}")
+        if not torch.allclose(R, R.T) or float(torch.linalg.eigvalsh(R).min()) <= 0:
+            raise ValueError("R must be symmetric positive definite")
         P, K = lqr(A, B, Q, R)
         w0 = None
         if K0 is not None:
