@@ -7,7 +7,8 @@ points and optimiser budget for both.
 
     python examples/lagrangian_pinn_convection.py --quick --out out/examples/lagrangian_pinn_convection
 
-Writes ``solutions.png`` (reference, PINN, LPINN, errors, characteristics) and ``history.png``.
+Writes ``solutions.png`` (reference, PINN, LPINN, errors, characteristics), ``history.png`` (loss and
+error during training) and ``frames.png`` (exact solutions in both frames and their singular values).
 """
 
 from __future__ import annotations
@@ -27,6 +28,39 @@ import torch  # noqa: E402
 
 from pinn import PINN, LagrangianPINN, convection, convection_diffusion  # noqa: E402
 from solvers import solve  # noqa: E402
+
+
+def frames_figure(path: Path) -> None:
+    """Exact solutions only: the Gaussian front in the Eulerian and the Lagrangian frame, and the
+    singular values of both solution matrices (256 x 100) as beta grows (the Kolmogorov n-width)."""
+    beta, nu = 10.0, 0.01
+    p = convection_diffusion(beta, nu, u0="gaussian")
+    x, t = p.grid(256, 100)
+    eul = p.reference(x, t)
+    lag = p.reference(x + beta * t, t)  # u along x = x0 + beta t, the characteristics
+    ext = [0, 2 * math.pi, 0, 1]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    axes[0].imshow(eul.numpy(), origin="lower", aspect="auto", extent=ext, cmap="viridis")
+    axes[0].set_title(f"Eulerian frame u(x, t), beta = {beta:g}, nu = {nu:g}")
+    axes[0].set_xlabel("x")
+    axes[1].imshow(lag.numpy(), origin="lower", aspect="auto", extent=ext, cmap="viridis")
+    axes[1].set_title("Lagrangian frame u(x0, t) on x = x0 + beta t")
+    axes[1].set_xlabel("x0")
+    for ax in axes[:2]:
+        ax.set_ylabel("t")
+    for b, c in ((1.0, "C0"), (10.0, "C1"), (50.0, "C3")):
+        q = convection_diffusion(b, nu, u0="gaussian")
+        s_e = torch.linalg.svdvals(q.reference(x, t))
+        s_l = torch.linalg.svdvals(q.reference(x + b * t, t))
+        axes[2].semilogy((s_e / s_e[0]).numpy()[:60], "-", color=c, label=f"Eulerian, beta={b:g}")
+        axes[2].semilogy((s_l / s_l[0]).numpy()[:60], "--", color=c, label=f"Lagrangian, beta={b:g}")
+    axes[2].set_ylim(1e-12, 2)
+    axes[2].set_xlabel("index k")
+    axes[2].set_title("singular values s_k / s_1 (Gaussian front)")
+    axes[2].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     fig.tight_layout()
     fig.savefig(out / "history.png", dpi=110)
     plt.close(fig)
-    print(f"wrote {out / 'solutions.png'}, {out / 'history.png'}")
+    frames_figure(out / "frames.png")
+    print(f"wrote {out / 'solutions.png'}, {out / 'history.png'}, {out / 'frames.png'}")
     return 0
 
 
