@@ -78,7 +78,8 @@ def run_task(task: str, protocol: str, ns: list[int], states: torch.Tensor) -> d
     algs, keys = [], []
     for n in ns:
         for name, make in RULES.items():
-            algs.append(IntegralPolicyIteration(make(), T=0.1, N=n, rows_per_iteration=20, throw=False, **opts))
+            algs.append(IntegralPolicyIteration(make(), T=0.1, N=n, rows_per_iteration=20, throw=False,
+                                                **opts))
             keys.append((name, n))
     algs.append(IntegralPolicyIteration("exact", T=0.1, rows_per_iteration=20, throw=False, **opts))
     keys.append(("exact", None))
@@ -118,7 +119,8 @@ def beats(res: dict, ns: list[int], metric: str) -> dict:
     for name in RULES:
         if not name.startswith("bq"):
             continue
-        out[name] = {cls: [n for n in ns if get[cls][n] < get[name][n]] for cls in ("simpson", "gauss-legendre")}
+        out[name] = {cls: [n for n in ns if get[cls][n] < get[name][n]]
+                     for cls in ("simpson", "gauss-legendre")}
     return out
 
 
@@ -232,20 +234,24 @@ def main(argv: list[str] | None = None) -> dict:
         results = {p: run_task(task, p, ns, states) for p in PROTOCOLS}
         summ = {p: {m: summarise(results[p], ns, m) for m in ("w_error", metric)} for p in PROTOCOLS}
         report["tasks"][task] = {"results": results, "slopes": summ,
-                                 "simpson_or_gl_beat_bq": {p: beats(results[p], ns, "w_error") for p in PROTOCOLS}}
+                                 "simpson_or_gl_beat_bq": {p: beats(results[p], ns, "w_error")
+                                                           for p in PROTOCOLS}}
         plot(task, results, ns, "w_error", out / f"intrl_{task}_w_error.png")
         plot(task, results, ns, metric, out / f"intrl_{task}_{metric}.png")
 
-        print(f"\n=== {task} task: ||w - w*|| (and {metric}) vs N; slope = fitted log-log slope against N - 1 ===")
+        print(f"\n=== {task} task: ||w - w*|| (and {metric}) vs N; "
+              "slope = fitted log-log slope against N - 1 ===")
         for p in PROTOCOLS:
             res = results[p]
-            print(f"-- protocol {p} ({res['configs']} configurations in one batched run, {res['wall_s']:.1f} s)")
+            print(f"-- protocol {p} ({res['configs']} configurations in one batched run, "
+                  f"{res['wall_s']:.1f} s)")
             print("rule            " + " ".join(f"N={n:<7d}" for n in ns) + "  slope(all)  slope(>10x floor)")
             for name in RULES:
                 errs = [r["w_error"] for r in res["rules"][name]]
                 s = summ[p]["w_error"][name]
                 print(f"{name:15s} " + " ".join(f"{e:8.1e}" for e in errs)
-                      + f"  {s['slope_all']:+6.2f}     {s['slope_above_floor']:+6.2f} ({s['points_above_floor']} pts)")
+                      + f"  {s['slope_all']:+6.2f}     {s['slope_above_floor']:+6.2f} "
+                        f"({s['points_above_floor']} pts)")
             ex = res["rules"]["exact"][0]
             print(f"{'exact':15s} {ex['w_error']:8.1e} (iterations {ex['iterations']}, {ex['retcode']})")
             print(f"{metric} slopes: " + ", ".join(f"{name} {summ[p][metric][name]['slope_all']:+.2f}"
@@ -261,7 +267,8 @@ def main(argv: list[str] | None = None) -> dict:
     print("\n=== calibration: BQ posterior std (ML scale) vs true error of int l dt, fixed random states ===")
     cal = {task: calibration(task, [5, 9, 15], 60 if args.quick else 300, args.seed) for task in TASKS}
     report["calibration"] = cal
-    print("task       rule/N                 median|err|  median sd  median z  P(z<=1)  P(z<=2)  (Gaussian: 0.68, 0.95)")
+    print("task       rule/N                 median|err|  median sd  median z  P(z<=1)  P(z<=2)  "
+          "(Gaussian: 0.68, 0.95)")
     for task, rows in cal.items():
         for key, r in rows.items():
             print(f"{task:10s} {key:22s} {r['median_abs_error']:10.2e} {r['median_std']:10.2e} "
