@@ -101,3 +101,16 @@ def test_bad_solver_input():
         PINN(causal_eps=-1.0)
     with pytest.raises(ValueError, match="hidden"):
         solve(convection(1.0), PINN(hidden=()), progress=False)
+
+
+@pytest.mark.slow
+def test_lpinn_meets_accuracy_goals_with_quick_budget():
+    # The benchmark's --quick budget (1000 Adam + 100 L-BFGS): LPINN <= 1e-3 on convection-diffusion at
+    # beta = 50 and <= 1e-2 on the moving-shock Burgers case.
+    from pinn import burgers_moving_shock, convection_diffusion
+
+    kw = dict(adam_iters=1000, lbfgs_iters=100)
+    cd = solve(convection_diffusion(50.0, 0.1), LagrangianPINN(**kw), progress=False)
+    assert cd.stats.rel_l2 <= 1e-3
+    b = solve(burgers_moving_shock(10.0, 0.01), LagrangianPINN(**kw), progress=False)
+    assert b.success and b.stats.rel_l2 <= 1e-2 and b.stats.min_jacobian > 0
