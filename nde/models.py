@@ -1,0 +1,378 @@
+"""Neural differential equations as ``torch.nn`` modules on top of ``solvers``.
+
+:class:`NeuralODE` integrates ``dy/dt = f_theta(t, y)`` with any ``solvers`` Runge-Kutta method, or
+with torchdiffeq's ``odeint_adjoint`` (``sensitivity="adjoint"``); :class:`NeuralSDE` integrates
+``dy = f_theta(t, y) dt + g_theta(t, y) dW`` with any ``solvers.sde`` method, or with torchsde's
+``sdeint_adjoint``. Both keep the last solve's statistics and trace, count vector-field evaluations
+of the forward and the backward pass separately, and accept a regulariser from
+:mod:`nde.regularization` that adds its penalty to ``model.reg_loss``.
+
+Gradients:
+
+* ``"backprop"`` (discretise-then-optimise): autograd through every operation of our solver. The
+  backward pass replays the recorded graph and evaluates no vector field (``nfe_backward == 0``);
+  its cost shows in the backward wall time and memory. This is what the global regularisers need,
+  since they differentiate the solver's own error estimates.
+* ``"adjoint"`` (optimise-then-discretise): the forward solve is torchdiffeq's/torchsde's, the
+  backward pass solves the adjoint equation backwards in time (``nfe_backward`` counts its
+  evaluations). Memory is O(1) in the number of steps; the internals of the forward solve are
+  not differentiated, so only the local regularisers (and RNODE/STEER) work with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from solvers import ODEProblem, Solution, TorchDiffEq, Tsit5, solve
+from solvers.algorithm import Algorithm
+from solvers.ode.integrator import initial_step
+from solvers.ode.runge_kutta import ExplicitRungeKutta
+from solvers.problem import SDEProblem
+from solvers.sde import LambaEM, SDEAlgorithm
+
+_SENSITIVITIES = ("backprop", "adjoint")
+
+
+def _times(ts: Any, default: tuple[float, float]) -> Tensor:
+    if ts is None:
+        ts = default
+    t = torch.as_tensor(ts, dtype=torch.float64).reshape(-1).cpu()
+    if t.numel() < 2:
+        raise ValueError(f"ts must hold at least two times (start and end), got {t.tolist()}")
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError("ts contains NaN or Inf")
+    if not bool((t[1:] > t[:-1]).all()):
+        raise ValueError(f"ts must be strictly increasing, got {t.tolist()}")
+    return t
+
+
+class _Counter:
+    """Vector-field evaluations, split by phase (forward solve / regulariser / backward)."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.forward = 0
+        self.regularizer = 0
+        self.backward = 0
+        self.phase = "forward"
+        self.times: list[float] = []
+
+    def tick(self, t: Any, record: bool = False) -> None:
+        if self.phase == "forward":
+            self.forward += 1
+            if record:
+                self.times.append(float(t))
+        elif self.phase == "regularizer":
+            self.regularizer += 1
+        else:
+            self.backward += 1
+
+
+class _CountedField(nn.Module):
+    """``f(t, y)`` that counts its calls (a module, so the adjoint finds its parameters)."""
+
+    def __init__(self, func: nn.Module, counter: _Counter, record_times: bool = False):
+        super().__init__()
+        self.func = func
+        self.counter = counter
+        self.record_times = record_times
+
+    def forward(self, t: Tensor, y: Tensor) -> Tensor:
+        self.counter.tick(t, self.record_times)
+        return self.func(t, y)
+
+
+class NeuralODE(nn.Module):
+    """``y(t) = y0 + int_t0^t f_theta(s, y(s)) ds`` as a module (Chen et al., NeurIPS 2018).
+
+    Args:
+        vector_field: an ``nn.Module`` called as ``vector_field(t, y)`` with ``y`` of shape ``(*batch, d)``.
+        solver: a ``solvers`` explicit Runge-Kutta method (default :class:`~solvers.Tsit5`) for
+            ``sensitivity="backprop"``; with ``"adjoint"`` a torchdiffeq method name is taken from
+            ``adjoint_method`` (a :class:`~solvers.TorchDiffEq` solver may also be passed).
+        rtol, atol: tolerances of the adaptive solve; ``dt``: fixed step instead.
+        sensitivity: ``"backprop"`` or ``"adjoint"`` (see the module docs).
+        tspan: default ``(t0, t1)`` when ``forward`` gets no ``ts``.
+        solve_options: extra options for ``solve`` (``max_steps``, ``controller`` ...).
+
+    After ``forward``: ``last_solution`` (a :class:`~solvers.Solution`), ``nfe_forward``,
+    ``nfe_backward`` (read it after ``loss.backward()``), ``nfe_regularizer``, ``reg_loss``.
+    """
+
+    def __init__(self, vector_field: nn.Module, solver: Algorithm | None = None, *, rtol: float = 1e-3,
+                 atol: float = 1e-4, dt: float | None = None, sensitivity: str = "backprop",
+                 adjoint_method: str = "dopri5", tspan: tuple[float, float] = (0.0, 1.0),
+                 solve_options: dict | None = None):
+        super().__init__()
+        if not callable(vector_field):
+            raise TypeError("vector_field must be callable as vector_field(t, y)")
+        if sensitivity not in _SENSITIVITIES:
+            raise ValueError(f"sensitivity must be 'backprop' or 'adjoint', got {sensitivity!r}")
+        self.func = vector_field
+        self.sensitivity = sensitivity
+        if solver is None:
+            solver = Tsit5() if sensitivity == "backprop" else TorchDiffEq(adjoint_method, adjoint=True)
+        if sensitivity == "adjoint":
+            if isinstance(solver, ExplicitRungeKutta):
+                solver = TorchDiffEq(adjoint_method, adjoint=True)
+            if not (isinstance(solver, TorchDiffEq) and solver.adjoint):
+                raise ValueError("sensitivity='adjoint' runs torchdiffeq's odeint_adjoint: pass "
+                                 "TorchDiffEq(method, adjoint=True) or a solvers RK method (mapped to "
+                                 "adjoint_method)")
+        elif not isinstance(solver, ExplicitRungeKutta):
+            raise ValueError(f"sensitivity='backprop' needs a solvers Runge-Kutta method, got {solver!r}")
+        self.solver = solver
+        self.rtol, self.atol, self.dt = float(rtol), float(atol), dt
+        self.tspan = (float(tspan[0]), float(tspan[1]))
+        self.solve_options = dict(solve_options or {})
+        self.counter = _Counter()
+        self.counted = _CountedField(vector_field, self.counter, record_times=sensitivity == "adjoint")
+        self.last_solution: Solution | None = None
+        self.reg_loss: Tensor | None = None
+        self.reg_raw: Tensor | None = None
+
+    # -- counters --------------------------------------------------------------------------------
+    @property
+    def nfe_forward(self) -> int:
+        return self.counter.forward
+
+    @property
+    def nfe_backward(self) -> int:
+        """Evaluations made by the backward pass (adjoint); 0 for backprop (no re-evaluation)."""
+        return self.counter.backward
+
+    @property
+    def nfe_regularizer(self) -> int:
+        return self.counter.regularizer
+
+    @property
+    def adaptive_solver(self) -> ExplicitRungeKutta:
+        """The method the local regulariser steps with (the model's own, or Tsit5 for adjoint)."""
+        return self.solver if isinstance(self.solver, ExplicitRungeKutta) else Tsit5()
+
+    def local_step(self, t: float, y: Tensor, generator: torch.Generator | None = None):
+        """One differentiable step of the adaptive method from ``(t, y)`` with the step size the
+        controller would start with there (Hairer's heuristic; not differentiated). Returns
+        ``(StepResult, dt)``; evaluations are counted as ``nfe_regularizer``."""
+        alg = self.adaptive_solver
+        f = self.counted
+        self.counter.phase = "regularizer"
+        try:
+            f0 = f(torch.tensor(t, dtype=torch.float64, device=y.device), y)
+            dt, _ = initial_step(f, t, y.detach(), f0.detach(), 1.0, alg.error_order or alg.order, self.rtol,
+                                 self.atol)
+            res = alg.step(f, t, y, dt, f0=f0, rtol=self.rtol, atol=self.atol)
+        finally:
+            self.counter.phase = "backward"
+        return res, dt
+
+    # -- solving ---------------------------------------------------------------------------------
+    def solve(self, y0: Tensor, saveat: Sequence[float] | Tensor | None, t_span: tuple[float, float],
+              trace: bool = False, seed: int | None = None, field: nn.Module | None = None) -> Solution:
+        """One solve with the model's settings (counted as forward evaluations). ``field``
+        replaces the vector field (an augmented one, as RNODE uses); it must call ``self.counted``."""
+        prob = ODEProblem(field if field is not None else self.counted, y0, t_span)
+        opts: dict[str, Any] = dict(rtol=self.rtol, atol=self.atol, **self.solve_options)
+        if self.dt is not None:
+            opts["dt"] = self.dt
+        if saveat is not None:
+            opts["saveat"] = saveat
+        if self.sensitivity == "adjoint":
+            opts.setdefault("adjoint_params", tuple(self.func.parameters()))
+        else:
+            opts["trace"] = trace
+            opts.setdefault("dense", saveat is None)
+        self.counter.phase = "forward"
+        try:
+            sol = solve(prob, self.solver, **opts)
+        finally:
+            self.counter.phase = "backward"
+        return sol
+
+    def forward(self, y0: Tensor, ts: Sequence[float] | Tensor | None = None,
+                regularizer: Any = None) -> Tensor:
+        """States at ``ts`` (default: the two ends of ``tspan``), shape ``(len(ts), *y0.shape)``.
+
+        With a ``regularizer`` its weighted penalty is left in ``self.reg_loss`` (add it to the loss).
+        """
+        t = _times(ts, self.tspan)
+        self.counter.reset()
+        self.reg_loss = self.reg_raw = None
+        if regularizer is None:
+            sol = self.solve(y0, t, (float(t[0]), float(t[-1])))
+            self.last_solution = sol
+            self.counter.phase = "backward"
+            return sol.ys
+        ys = regularizer.run(self, y0, t)
+        self.counter.phase = "backward"
+        return ys
+
+
+class _SDEModule(nn.Module):
+    """Drift and diffusion as one module with torchsde's ``f``/``g`` interface, counting calls."""
+
+    def __init__(self, drift: nn.Module, diffusion: nn.Module, noise: str, sde_type: str, counter: _Counter):
+        super().__init__()
+        self.drift, self.diffusion = drift, diffusion
+        self.noise_type, self.sde_type = noise, sde_type
+        self.counter = counter
+        self.ngev = {"forward": 0, "regularizer": 0, "backward": 0}
+
+    def f(self, t: Tensor, y: Tensor) -> Tensor:
+        self.counter.tick(t)
+        return self.drift(t, y)
+
+    def g(self, t: Tensor, y: Tensor) -> Tensor:
+        self.ngev[self.counter.phase] += 1
+        return self.diffusion(t, y)
+
+
+class NeuralSDE(nn.Module):
+    """``dy = f_theta(t, y) dt + g_theta(t, y) dW`` as a module (Tzen & Raginsky 2019; Li et al. 2020).
+
+    Args:
+        drift, diffusion: modules called as ``drift(t, y)``, ``diffusion(t, y)`` (shapes as in
+            :class:`~solvers.problem.SDEProblem` for the chosen ``noise``).
+        solver: a ``solvers.sde`` method (default :class:`~solvers.sde.LambaEM`, adaptive).
+        noise, sde_type: as in :class:`~solvers.problem.SDEProblem`.
+        rtol, atol, dt: adaptive tolerances or a fixed step.
+        sensitivity: ``"backprop"`` (through our solver) or ``"adjoint"`` (``torchsde.sdeint_adjoint``
+            with ``adjoint_method``, fixed step ``dt`` required).
+
+    ``forward(y0, ts, seed=None)`` returns ``(len(ts), *y0.shape)``; ``nfe_forward`` counts drift
+    evaluations, ``nge_forward`` diffusion evaluations, ``nfe_backward`` drift evaluations of the
+    adjoint pass.
+    """
+
+    def __init__(self, drift: nn.Module, diffusion: nn.Module, solver: SDEAlgorithm | None = None, *,
+                 noise: str = "diagonal", sde_type: str = "ito", rtol: float = 1e-2, atol: float = 1e-3,
+                 dt: float | None = None, sensitivity: str = "backprop", adjoint_method: str = "euler",
+                 tspan: tuple[float, float] = (0.0, 1.0), solve_options: dict | None = None):
+        super().__init__()
+        if sensitivity not in _SENSITIVITIES:
+            raise ValueError(f"sensitivity must be 'backprop' or 'adjoint', got {sensitivity!r}")
+        self.counter = _Counter()
+        self.sde = _SDEModule(drift, diffusion, noise, sde_type, self.counter)
+        self.solver = solver if solver is not None else LambaEM()
+        if not isinstance(self.solver, SDEAlgorithm):
+            raise ValueError(f"solver must be a solvers.sde method, got {self.solver!r}")
+        if sensitivity == "adjoint" and dt is None:
+            raise ValueError("sensitivity='adjoint' (torchsde.sdeint_adjoint) needs a fixed step dt")
+        self.noise, self.sde_type = noise, sde_type
+        self.rtol, self.atol, self.dt = float(rtol), float(atol), dt
+        self.sensitivity, self.adjoint_method = sensitivity, adjoint_method
+        self.tspan = (float(tspan[0]), float(tspan[1]))
+        self.solve_options = dict(solve_options or {})
+        self.last_solution = None
+        self.reg_loss: Tensor | None = None
+        self.reg_raw: Tensor | None = None
+
+    @property
+    def drift(self) -> nn.Module:
+        return self.sde.drift
+
+    @property
+    def diffusion(self) -> nn.Module:
+        return self.sde.diffusion
+
+    @property
+    def nfe_forward(self) -> int:
+        return self.counter.forward
+
+    @property
+    def nge_forward(self) -> int:
+        return self.sde.ngev["forward"]
+
+    @property
+    def nfe_backward(self) -> int:
+        return self.counter.backward
+
+    @property
+    def nfe_regularizer(self) -> int:
+        return self.counter.regularizer
+
+    @property
+    def adaptive_solver(self) -> SDEAlgorithm:
+        return self.solver if self.solver.adaptive else LambaEM()
+
+    def solve(self, y0: Tensor, saveat, t_span: tuple[float, float], trace: bool = False,
+              seed: int | None = None):
+        self.counter.phase = "forward"
+        try:
+            if self.sensitivity == "adjoint":
+                import torchsde
+
+                from solvers.sde import IntervalPath
+
+                ts = torch.as_tensor(saveat if saveat is not None else t_span, dtype=y0.dtype,
+                                     device=y0.device)
+                m = y0.shape[-1] if self.noise == "diagonal" else self._brownian_m(y0, t_span)
+                size = (*y0.shape[:-1], m)
+                bm = IntervalPath(t_span[0], t_span[1], size, y0.dtype, y0.device, seed=seed, dt=self.dt).bm
+                ys = torchsde.sdeint_adjoint(self.sde, y0, ts, bm=bm, method=self.adjoint_method, dt=self.dt,
+                                             adjoint_params=tuple(self.parameters()))
+                return _AdjointSDESolution(ts.double().cpu(), ys)
+            prob = SDEProblem(self.sde.f, self.sde.g, y0, t_span, noise=self.noise, sde_type=self.sde_type)
+            opts: dict[str, Any] = dict(rtol=self.rtol, atol=self.atol, trace=trace, seed=seed,
+                                        **self.solve_options)
+            if self.dt is not None:
+                opts["dt"] = self.dt
+            if saveat is not None:
+                opts["saveat"] = saveat
+            return solve(prob, self.solver, **opts)
+        finally:
+            self.counter.phase = "backward"
+
+    def local_step(self, t: float, y: Tensor, generator: torch.Generator | None = None):
+        """One differentiable step of the adaptive SDE method from ``(t, y)``: step size from
+        Hairer's heuristic on the drift (not differentiated), a fresh Brownian increment drawn from
+        ``generator``. Returns ``(SDEStepResult, dt)``."""
+        alg = self.adaptive_solver
+        sde = self.sde
+        self.counter.phase = "regularizer"
+        try:
+            tt = torch.tensor(t, dtype=torch.float64, device=y.device)
+            f0, g0 = sde.f(tt, y), sde.g(tt, y)
+            dt, _ = initial_step(sde.f, t, y.detach(), f0.detach(), 1.0, 1, self.rtol, self.atol)
+            shape = y.shape if self.noise == "diagonal" else (*y.shape[:-1], g0.shape[-1])
+            z = torch.randn(shape, generator=generator, dtype=y.dtype, device=y.device)
+            dW = z * dt ** 0.5
+            U = None
+            if alg.needs_levy_area:
+                zh = torch.randn(shape, generator=generator, dtype=y.dtype, device=y.device)
+                U = dt * (0.5 * dW + zh * (dt / 12) ** 0.5)
+            res = alg.step(sde.f, sde.g, t, y, dt, dW, U, noise=self.noise, sde_type=self.sde_type, f0=f0,
+                           g0=g0, rtol=self.rtol, atol=self.atol)
+        finally:
+            self.counter.phase = "backward"
+        return res, dt
+
+    def _brownian_m(self, y0: Tensor, t_span) -> int:
+        with torch.no_grad():
+            return int(self.diffusion(torch.tensor(t_span[0], dtype=torch.float64), y0).shape[-1])
+
+    def forward(self, y0: Tensor, ts: Sequence[float] | Tensor | None = None, regularizer: Any = None,
+                seed: int | None = None) -> Tensor:
+        t = _times(ts, self.tspan)
+        self.counter.reset()
+        for k in self.sde.ngev:
+            self.sde.ngev[k] = 0
+        self.reg_loss = self.reg_raw = None
+        if regularizer is None:
+            sol = self.solve(y0, t, (float(t[0]), float(t[-1])), seed=seed)
+            self.last_solution = sol
+            return sol.ys
+        return regularizer.run(self, y0, t, seed=seed)
+
+
+class _AdjointSDESolution:
+    """What an adjoint SDE solve returns (torchsde reports no statistics or trace)."""
+
+    def __init__(self, ts: Tensor, ys: Tensor):
+        self.ts, self.ys, self.trace, self.stats = ts, ys, None, None
