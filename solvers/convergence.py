@@ -72,7 +72,7 @@ def _select(errors: Sequence[float], floor: float, ceiling: float, keep: int) ->
 
 
 def convergence_order(problem: ODEProblem, algorithm, *, kmin: int = 2, kmax: int = 14,
-                      floor: float = 1e-13, ceiling: float = 1e-2, keep: int = 3) -> OrderResult:
+                      floor: float = 1e-13, ceiling: float = 1e-1, keep: int = 3) -> OrderResult:
     """Empirical order of ``algorithm`` on ``problem`` (needs ``problem.analytic``).
 
     Halves ``dt = T / 2^k`` from ``k = kmin`` until the error drops below ``floor`` or ``k = kmax``,

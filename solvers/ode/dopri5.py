@@ -13,7 +13,9 @@ from .runge_kutta import ExplicitRungeKutta
 from .tableau import ButcherTableau
 
 _B = (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84, 0.0)
-_B_HAT = (5179 / 57600, 0.0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 2100, 1 / 40)
+# The embedded 4th-order weights used by Shampine's and torchdiffeq's implementations (a member of
+# the same family as Hairer's 5179/57600 row; it checks the order-4 conditions below).
+_B_HAT = (1951 / 21600, 0.0, 22642 / 50085, 451 / 720, -12231 / 42400, 649 / 6300, 1 / 60)
 
 _DOPRI5 = ButcherTableau(
     a=(

@@ -16,7 +16,7 @@ from torch import Tensor
 from .._checks import check_finite, check_options, check_tolerance
 from ..problem import ODEProblem
 from ..solution import ReturnCode, Solution, SolverError, Stats, StepTrace, as_time_tensor
-from .controllers import ConstantStepSize, Controller
+from .controllers import ConstantStepSize, Controller, PIController
 from .dense import DenseOutput
 from .runge_kutta import ExplicitRungeKutta, time_tensor
 
@@ -91,6 +91,8 @@ class ODEIntegrator:
             ctrl = options.get("controller") or algorithm.default_controller()
             if not isinstance(ctrl, Controller):
                 raise TypeError(f"controller must be a Controller, got {type(ctrl).__name__}")
+            if isinstance(ctrl, PIController):
+                ctrl = algorithm.pi_controller(ctrl)
             self.controller = ctrl
         self.ctrl_state = self.controller.new_state()
         self.k_exp = (algorithm.error_order or algorithm.order) + 1
@@ -224,7 +226,7 @@ class ODEIntegrator:
             if self.fixed:
                 accept, dt_next = True, self.dt
             else:
-                err = float(err_t)
+                err = err_t.detach().item()
                 self._nonfinite = not math.isfinite(err)
                 if self._nonfinite:
                     accept, dt_next = False, dt * 0.2

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ..algorithm import Algorithm
 from ..problem import ODEProblem
-from .controllers import Controller, PIController
+from .controllers import Controller, IController, PIController
 from .tableau import ButcherTableau
 
 
@@ -76,7 +76,8 @@ class ExplicitRungeKutta(Algorithm):
     * ``dense`` (True): keep the stages so that ``sol(t)`` works anywhere in the span.
     * ``trace`` (False): record every attempted step in ``sol.trace``; with gradients enabled the
       error and stiffness estimates stay on the autograd graph.
-    * ``controller``: an :mod:`~solvers.ode.controllers` instance (default: the method's PI).
+    * ``controller``: an :mod:`~solvers.ode.controllers` instance (default: ``IController()``;
+      a ``PIController()`` without betas takes the method's recommended ones).
     * ``max_steps`` (100000), ``dtmin`` (0: the floating-point resolution of t), ``dtmax`` (inf).
     * ``throw`` (True): raise :class:`~solvers.solution.SolverError` on failure; ``False`` returns
       the partial solution with its ``retcode``.
@@ -118,9 +119,16 @@ class ExplicitRungeKutta(Algorithm):
         return self.tableau.stability_size
 
     def default_controller(self) -> Controller:
+        """The I controller (as diffrax and torchdiffeq): on smooth non-stiff problems it reaches a
+        given error with the fewest evaluations; pass ``controller=PIController()`` (the method's
+        recommended betas) when steps are limited by stability."""
+        return IController()
+
+    def pi_controller(self, ctrl: PIController) -> PIController:
+        """``ctrl`` with unset betas filled from the method's recommendation (0.7/k, 0.4/k)."""
         k = (self.error_order or self.order) + 1
         beta1, beta2 = self.pi_coefficients or (0.7 / k, 0.4 / k)
-        return PIController(beta1, beta2)
+        return ctrl.with_defaults(beta1, beta2)
 
     def coefficients(self, dtype: torch.dtype, device: torch.device) -> _Coefficients:
         key = (dtype, device)

@@ -104,6 +104,10 @@ class TorchDiffEq(Algorithm):
             kwargs["options"] = opts
         try:
             if self.adjoint:
+                if options.get("adjoint_params") is None and not isinstance(problem.f, nn.Module) \
+                        and not problem.y0.requires_grad:
+                    raise ValueError("adjoint=True with a plain function f: pass adjoint_params=... (the "
+                                     "tensors f closes over), or make f an nn.Module")
                 if options.get("adjoint_params") is not None:
                     kwargs["adjoint_params"] = tuple(options["adjoint_params"])
                 if options.get("adjoint_options") is not None:
