@@ -248,7 +248,8 @@ class LagrangianPINN(_PINNBase):
         def loss_fn() -> tuple[Tensor, dict[str, Tensor]]:
             r = lagrangian_residuals(problem, model, x0, t, self.form)
             l_x, l_u = r["x"].square().mean(), r["u"].square().mean()
-            parts = {"x": l_x, "u": l_u}
+            # min J over the collocation points: recorded in the history (characteristics must not cross)
+            parts = {"x": l_x, "u": l_u, "min_jacobian": r["jacobian"].detach().min()}
             total = w["x"] * l_x + w["u"] * l_u
             if bc is not None:
                 xl, ul = model(torch.full_like(t_bc, a), t_bc)

@@ -215,7 +215,8 @@ class _PINNBase(Algorithm):
         extra: dict[str, Any] = {
             "history": res.history, "train_time": res.train_time, "adam_iters": res.adam_iters,
             "lbfgs_iters": res.lbfgs_iters, "iterations": res.adam_iters + res.lbfgs_iters,
-            "final_loss": float(final_loss), "final_loss_terms": {k: float(v) for k, v in parts.items()},
+            "final_loss": float(final_loss),
+            "final_loss_terms": {k: float(v) for k, v in parts.items() if not k.startswith("min_")},
             "lbfgs_stop": res.lbfgs_stop, "threads": torch.get_num_threads(),
             "parameters": sum(p.numel() for p in model.parameters()), "n_collocation": int(x.numel()),
         }

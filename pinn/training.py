@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+# loss_fn() -> (total loss, {term name: value}); names starting with "min_" are diagnostics, not terms.
 LossFn = Callable[[], tuple[Tensor, dict[str, Tensor]]]
 
 
@@ -92,7 +93,8 @@ def train(module: nn.Module, loss_fn: LossFn, *, adam_iters: int = 5000, lr: flo
 
     def log(it: int, phase: str, loss: Tensor, parts: dict[str, Tensor], with_monitor: bool) -> None:
         row: dict[str, Any] = {"iteration": it, "phase": phase, "time": elapsed, "loss": float(loss)}
-        row.update({f"loss_{k}": float(v) for k, v in parts.items()})
+        # loss terms are logged as loss_<name>; diagnostics a loss function reports (min_jacobian) as is
+        row.update({(k if k.startswith("min_") else f"loss_{k}"): float(v) for k, v in parts.items()})
         if with_monitor and monitor is not None:
             row.update(monitor())
         _record(res.history, row)

@@ -22,6 +22,7 @@ def test_lpinn_beats_pinn_on_convection_beta_30():
     assert ep.stats.rel_l2 > 0.5
     assert lp.stats.rel_l2 < 0.05 * ep.stats.rel_l2
     assert lp.stats.min_jacobian > 0.5
+    assert len(lp.stats.history["min_jacobian"]) == len(lp.stats.history["loss"])
     # the solution answers at arbitrary points
     x = torch.tensor([0.3, 1.0, 5.0])
     t = torch.tensor([0.0, 0.5, 1.0])
