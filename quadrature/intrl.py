@@ -506,14 +506,15 @@ class IntegralPolicyIteration(Algorithm):
 
 def _reset_states(problem: ControlAffineProblem, alg: IntegralPolicyIteration) -> Tensor:
     if alg.reset_states is not None:
-        s = torch.as_tensor(alg.reset_states, dtype=problem.x0.dtype)
+        s = torch.as_tensor(alg.reset_states, dtype=problem.x0.dtype, device=problem.x0.device)
         if s.dim() != 2 or s.shape[1] != problem.d:
             raise ValueError(f"reset_states must have shape (rows, {problem.d}), got {tuple(s.shape)}")
         return s
     gen = torch.Generator().manual_seed(alg.seed)
     r = float(problem.x0.abs().max())
-    return (2 * torch.rand(alg.rows_per_iteration, problem.d, generator=gen, dtype=torch.float64) - 1).to(
-        problem.x0.dtype) * r
+    # Drawn on the CPU with a seeded generator so the states do not depend on the device.
+    u = torch.rand(alg.rows_per_iteration, problem.d, generator=gen, dtype=torch.float64)
+    return (2 * u - 1).to(dtype=problem.x0.dtype, device=problem.x0.device) * r
 
 
 def solve_many(problem: ControlAffineProblem, algorithms: Sequence[IntegralPolicyIteration],
@@ -564,7 +565,7 @@ def solve_many(problem: ControlAffineProblem, algorithms: Sequence[IntegralPolic
             wts.append(None)
         else:
             idx.append(torch.tensor([pos[round(v / T, 12)] for v in x.tolist()]))
-            wts.append(w.to(dtype))
+            wts.append(w.to(dtype=dtype, device=problem.x0.device))
     exact = torch.tensor([x is None for x, _ in rules])
 
     W = problem.w0.to(dtype).expand(C, p).clone()  # current policy weights per configuration

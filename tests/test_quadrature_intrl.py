@@ -160,3 +160,47 @@ def test_bad_input_raises_clear_errors():
                              w0=torch.zeros(3, dtype=torch.float64))
     with pytest.raises(ValueError, match="R must be symmetric positive definite"):
         ControlAffineProblem.linear(prob.A, prob.B, prob.Q, [[-1.0]], prob.x0)
+
+
+def _float32_and_device_run(device: str) -> tuple[float, float]:
+    ref = linear_third_order()
+    p32 = ControlAffineProblem.linear(ref.A, ref.B, ref.Q, ref.R, ref.x0, dtype=torch.float32)
+    A, B = p32.A.to(device), p32.B.to(device)
+    prob = ControlAffineProblem(f=lambda x: x @ A.T, g=lambda x: B.expand(*x.shape[:-1], 3, 1),
+                                Q=p32.Q.to(device), R=p32.R.to(device), x0=p32.x0.to(device), basis=p32.basis,
+                                w_star=p32.w_star.to(device), A=A, B=B)
+    alg = IntegralPolicyIteration(Trapezoid(), N=5, protocol="reset", tol=1e-4, rtol=1e-6, atol=1e-8)
+    sol = solve(prob, alg)
+    assert sol.success and sol.w.dtype == torch.float32 and sol.w.device.type == device
+    sol64 = solve(ref, IntegralPolicyIteration(Trapezoid(), N=5, protocol="reset", tol=1e-9))
+    return sol.w_error, sol64.w_error
+
+
+def test_float32_state_follows_dtype():
+    err32, err64 = _float32_and_device_run("cpu")
+    assert abs(err32 - err64) < 1e-4 * 30  # float32 and rtol 1e-6 resolve the O(h^2) bias to a few percent
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_policy_iteration_on_cuda():
+    err32, err64 = _float32_and_device_run("cuda")
+    assert abs(err32 - err64) < 1e-4 * 30
+
+
+@pytest.mark.slow
+def test_benchmark_quick_meets_the_slope_targets(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "intrl.py"
+    spec = importlib.util.spec_from_file_location("bench_intrl", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    report = mod.main(["--quick", "--out", str(tmp_path)])
+    for task in ("linear", "nonlinear"):
+        for protocol in ("paper", "reset"):
+            slopes = report["tasks"][task]["slopes"][protocol]["w_error"]
+            assert abs(slopes["trapezoid"]["slope_all"] + 2) < 0.1
+            assert slopes["bq-matern-3.5"]["slope_all"] <= -4
+    assert (tmp_path / "results.json").exists() and (tmp_path / "intrl_linear_w_error.png").exists()
