@@ -277,7 +277,7 @@ class BayesianQuadrature(QuadratureRule):
             on a degree-``q`` polynomial mean (exact on polynomials of degree ``<= q``).
     """
 
-    min_nodes = 1
+    min_nodes = 2
 
     def __init__(self, kernel: Kernel | None = None, n: int = 9, nodes: str = "uniform",
                  lengthscale: str = "fixed", scale: str | float = "mle", prior_degree: int | None = None):
@@ -313,12 +313,10 @@ class BayesianQuadrature(QuadratureRule):
         return self.lengthscale_mode == "fixed"
 
     def nodes(self, n: int, a: float, b: float) -> Tensor:
-        n = check_n(n, 1)
+        n = check_n(n, 2)
         if self.node_kind == "gauss":
             return gauss_legendre_rule(n, a, b)[0]
         a, b = check_domain((a, b))
-        if n == 1:
-            return torch.tensor([0.5 * (a + b)], dtype=torch.float64)
         return torch.linspace(a, b, n, dtype=torch.float64)
 
     def _entry(self, x: Tensor, domain: tuple[float, float], values: np.ndarray | None = None) -> BQWeights:
@@ -331,7 +329,7 @@ class BayesianQuadrature(QuadratureRule):
         return bq_weights(kernel, x, domain, self.prior_degree)
 
     def weights(self, nodes: Any, domain: tuple[float, float] | None = None) -> Tensor:
-        x = torch.as_tensor(np.asarray(nodes), dtype=torch.float64).reshape(-1)
+        x = as_nodes(nodes)
         if domain is None:
             domain = (float(x[0]), float(x[-1]))
         return torch.from_numpy(self._entry(x, domain).weights.copy())
@@ -346,8 +344,7 @@ class BayesianQuadrature(QuadratureRule):
                 raise ValueError("give the nodes or the domain of the samples")
             x = self.nodes(n, *domain)
         else:
-            x = torch.as_tensor(np.asarray(nodes.cpu() if isinstance(nodes, Tensor) else nodes),
-                                dtype=torch.float64).reshape(-1)
+            x = as_nodes(nodes)
         if domain is None:
             domain = (float(x[0]), float(x[-1]))
         mean, var, _ = self._posterior(vals.movedim(dim, -1), x, domain)
@@ -376,7 +373,7 @@ class BayesianQuadrature(QuadratureRule):
         if options.get("nodes") is not None:
             x = as_nodes(options["nodes"])
         else:
-            x = self.nodes(check_n(options.get("n", self.n), 1), *problem.domain)
+            x = self.nodes(check_n(options.get("n", self.n), 2), *problem.domain)
         vals = evaluate(problem, x)
         mean, var, entry = self._posterior(vals, x, problem.domain)
         return IntegralSolution(mean=mean, variance=var, nodes=x,

@@ -167,7 +167,8 @@ class GaussLegendre(QuadratureRule):
         return gauss_legendre_rule(n, a, b)[0]
 
     def weights(self, nodes: Any, domain: tuple[float, float] | None = None) -> Tensor:
-        x = torch.as_tensor(np.asarray(nodes), dtype=torch.float64).reshape(-1)
+        x = torch.as_tensor(np.asarray(nodes.detach().cpu() if isinstance(nodes, Tensor) else nodes),
+                            dtype=torch.float64).reshape(-1)
         if domain is None:
             raise ValueError("Gauss-Legendre weights need the domain (a, b): the nodes do not contain it")
         gx, gw = gauss_legendre_rule(x.numel(), *domain)

@@ -88,7 +88,7 @@ def test_exact_policy_iteration_recovers_riccati(protocol, tol):
 
 
 def test_exact_policy_iteration_other_linear_and_nonlinear_tasks():
-    for prob in (f16_short_period(), nonlinear_2d()):
+    for prob in (f16_short_period(), power_system(), nonlinear_2d()):
         sol = solve(prob, IntegralPolicyIteration("exact", protocol="reset", tol=1e-9, max_iter=20))
         assert sol.success and sol.w_error < 1e-7, prob.name
     states = torch.rand(200, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(2)) * 2 - 1
