@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -64,6 +65,17 @@ RULES = {
 PROTOCOLS = {"paper": dict(protocol="continuing", tol=1e-3, max_iter=100),
              "reset": dict(protocol="reset", tol=1e-8, max_iter=50)}
 TASKS = {"linear": linear_third_order, "nonlinear": nonlinear_2d}
+
+
+def _finite(obj):
+    """NaN/Inf -> None so the JSON file is standard JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def fit_slope(ns, errs) -> float:
@@ -284,7 +296,7 @@ def main(argv: list[str] | None = None) -> dict:
               f"{t['first_over_trapezoid']:.0f}x trapezoid), cached {t['cached_s'] * 1e6:.1f} us "
               f"({t['cached_over_trapezoid']:.1f}x trapezoid)")
 
-    (out / "results.json").write_text(json.dumps(report, indent=1, default=lambda o: None if o != o else o))
+    (out / "results.json").write_text(json.dumps(_finite(report), indent=1))
     print(f"\nwrote {out / 'results.json'} and PNG plots in {out}")
     return report
 
