@@ -110,11 +110,12 @@ class TrainConfig:
     ritz: int = 300                # Lanczos steps (Ritz vectors) per geometry
     low_weight: float = 9.0
     batch: int = 8
-    steps: int = 3000
-    lr: float = 2e-3
-    lr_final: float = 1e-4
+    steps: int = 8000
+    lr: float = 2e-2
+    lr_final: float = 1e-3
     channels: int = 16
-    c_quarter: int = 8
+    c_quarter: int = 8             # unused (kept so older configs load)
+    smoothing: int = 1             # Jacobi sweeps around the learned coarse part (0: purely additive)
     seed: int = 0
     checkpoint_every: int = 100
     minutes: float = 60.0          # wall-clock budget; training stops (and saves) when it runs out
@@ -129,18 +130,20 @@ def training_grids(cfg: TrainConfig) -> list[PoissonGrid]:
 
 
 def train_dcdm(cfg: TrainConfig, checkpoint: str | os.PathLike | None = None, progress: bool = True,
-               grids: Sequence[PoissonGrid] | None = None) -> tuple[DCDMNet, list[float]]:
+               grids: Sequence[PoissonGrid] | None = None, until: int | None = None
+               ) -> tuple[DCDMNet, list[float]]:
     """Train a :class:`DCDMNet` on ``cfg``'s domains; resumes from ``checkpoint`` when it exists.
 
     Each step draws one domain (cycling) and ``cfg.batch`` Ritz-vector right-hand sides, and takes an Adam
     step on :func:`dcdm_loss` (``A q`` by the grid's torch stencil). The learning rate decays
-    geometrically from ``lr`` to ``lr_final``. Returns the network and the loss history.
+    geometrically from ``lr`` to ``lr_final`` over ``cfg.steps``. ``until`` stops this call early at that
+    step (with a checkpoint), as an interruption would. Returns the network and the loss history.
     """
     from tqdm.auto import tqdm
 
     torch.manual_seed(cfg.seed)
     grids = list(grids) if grids is not None else training_grids(cfg)
-    net = DCDMNet(cfg.dim, channels=cfg.channels, c_quarter=cfg.c_quarter)
+    net = DCDMNet(cfg.dim, channels=cfg.channels, smoothing=cfg.smoothing)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     gamma = (cfg.lr_final / cfg.lr) ** (1.0 / max(cfg.steps, 1))
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma)
@@ -173,7 +176,8 @@ def train_dcdm(cfg: TrainConfig, checkpoint: str | os.PathLike | None = None, pr
 
     t_start = time.perf_counter()
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="DCDM training")
-    while step < cfg.steps:
+    last = cfg.steps if until is None else min(until, cfg.steps)
+    while step < last:
         gi = step % len(grids)
         g = grids[gi]
         b = samplers[gi].sample(cfg.batch, gen)
@@ -203,7 +207,7 @@ def load_dcdm(path: str | os.PathLike, map_location: str | torch.device = "cpu")
     """A :class:`DCDMNet` from a weights file written by :func:`save_weights` or a training checkpoint."""
     state = torch.load(path, map_location=map_location, weights_only=False)
     cfg = state.get("config", {})
-    net = DCDMNet(cfg.get("dim", 3), channels=cfg.get("channels", 16), c_quarter=cfg.get("c_quarter", 8))
+    net = DCDMNet(cfg.get("dim", 3), channels=cfg.get("channels", 16), smoothing=cfg.get("smoothing", 1))
     net.load_state_dict(state["model"])
     net.eval()
     return net

@@ -1,0 +1,168 @@
+"""DCDM: identity = CG, safeguards, the network, training (loss, resume) and a trained toy that beats CG."""
+
+import numpy as np
+import pytest
+import torch
+
+from solvers import ReturnCode, SolverError, solve
+from solvers.linear import CG, LinearProblem, Sphere, dirichlet_grid, poisson_problem, smoke_domain
+from solvers.linear.dcdm import DCDM
+from solvers.linear.network import DCDMNet, GridModel
+from solvers.linear.training import (
+    RitzSampler,
+    TrainConfig,
+    dcdm_loss,
+    lanczos_ritz,
+    load_dcdm,
+    load_pretrained,
+    pretrained_path,
+    train_dcdm,
+)
+
+f64 = torch.float64
+
+
+@pytest.mark.parametrize("s", [1, 2, 4])
+def test_identity_model_reproduces_cg(s):
+    for p in (poisson_problem(smoke_domain(24, 2, [Sphere((0.5, 0.45), 0.2)]), seed=1),
+              poisson_problem(dirichlet_grid(8, 3), b=torch.ones(512, dtype=f64))):
+        cg = solve(p, CG(), rtol=1e-8)
+        dc = solve(p, DCDM(None, s=s, refresh=0), rtol=1e-8)
+        assert dc.iterations == cg.iterations
+        assert dc.stats.fallbacks == 0
+        k = min(len(cg.residuals), 20)
+        assert np.allclose(dc.residuals[:k], cg.residuals[:k], rtol=1e-6)
+        assert torch.allclose(dc.x, cg.x, atol=1e-6 * float(cg.x.abs().max()))
+
+
+def test_safeguard_handles_ascent_and_nan_directions():
+    p = poisson_problem(smoke_domain(12, 2), seed=2)
+    cg = solve(p, CG(), rtol=1e-8)
+    for bad in (lambda r: -r, lambda r: r * float("nan")):
+        sol = solve(p, DCDM(bad), rtol=1e-8)
+        assert sol.success and sol.stats.fallbacks == sol.iterations
+        assert sol.iterations == cg.iterations  # every step fell back to the (orthogonalised) residual
+
+
+def test_dcdm_options_and_errors():
+    p = poisson_problem(smoke_domain(12, 2), seed=2)
+    sol = solve(p, DCDM(), rtol=1e-12, maxiter=3, throw=False)
+    assert sol.retcode is ReturnCode.NOT_CONVERGED and sol.iterations == 3
+    with pytest.raises(SolverError):
+        solve(p, DCDM(), rtol=1e-12, maxiter=3)
+    with pytest.raises(ValueError):
+        DCDM(s=-1)
+    with pytest.raises(TypeError):
+        DCDM(model=3)
+    net = DCDMNet(2)
+    with pytest.raises(ValueError, match="grid"):
+        solve(LinearProblem(p.A, p.b), DCDM(net))
+    with pytest.raises(TypeError, match="unknown option"):
+        solve(p, DCDM(), tol=1e-3)
+
+
+def test_network_shapes_masks_and_homogeneity_of_the_loss():
+    torch.manual_seed(0)
+    for dim, n in ((2, 20), (3, 12)):
+        g = smoke_domain(n, dim, [Sphere((0.5,) * dim, 0.2)])
+        net = DCDMNet(dim)
+        r = torch.randn(2, *g.shape)
+        q = net(r, g.geometry())
+        assert q.shape == r.shape
+        assert float(q.detach()[:, ~torch.as_tensor(g.fluid)].abs().max()) == 0.0  # nothing outside the fluid
+    b = torch.randn(4, 30)
+    q, Aq = torch.randn(4, 30), torch.randn(4, 30)
+    # the loss does not see the scale of q (exact line search)
+    assert torch.allclose(dcdm_loss(q, b, Aq), dcdm_loss(7.0 * q, b, 7.0 * Aq))
+    # and is 0 when q is the exact solution direction
+    A = torch.diag(torch.arange(1.0, 31.0))
+    assert float(dcdm_loss(b @ torch.linalg.inv(A), b, b)) < 1e-10
+
+
+def test_lanczos_ritz_values_bracket_spectrum():
+    A = dirichlet_grid(10, 2).matrix()
+    theta, Y = lanczos_ritz(A, 40, seed=0)
+    lam = np.linalg.eigvalsh(A.toarray())
+    assert np.allclose(Y.T @ Y, np.eye(Y.shape[1]), atol=1e-8)
+    assert lam[0] - 1e-8 <= theta[0] < lam[0] + 0.5 and lam[-1] + 1e-8 >= theta[-1] > lam[-1] - 1.0
+    assert abs(theta[0] - lam[0]) < 1e-6  # extreme Ritz values converge first
+    b = RitzSampler(Y).sample(5, torch.Generator().manual_seed(0))
+    assert torch.allclose(torch.linalg.vector_norm(b, dim=1), torch.ones(5))
+
+
+def toy_config(**kw):
+    base = dict(n=16, dim=2, geometries=2, obstacles=1, ritz=60, batch=8, steps=250, lr=2e-2, lr_final=2e-3,
+                channels=8, c_quarter=8, checkpoint_every=1000)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_training_resumes_exactly_from_checkpoint(tmp_path):
+    torch.set_num_threads(1)
+    cfg = toy_config(steps=6, checkpoint_every=3)
+    ref, h_ref = train_dcdm(cfg, progress=False)
+    ck = tmp_path / "ck.pt"
+    train_dcdm(cfg, checkpoint=ck, progress=False, until=3)  # "interrupted" after 3 steps
+    net, h = train_dcdm(cfg, checkpoint=ck, progress=False)  # resumes at step 3
+    assert len(h) == 6 and np.allclose(h, h_ref)
+    for a, b in zip(ref.parameters(), net.parameters()):
+        assert torch.allclose(a, b)
+
+
+def test_trained_toy_dcdm_beats_cg():
+    """A tiny 2D network trained for a few seconds cuts the iteration count below CG's."""
+    torch.set_num_threads(1)
+    cfg = toy_config()
+    net, hist = train_dcdm(cfg, progress=False)
+    assert np.mean(hist[-25:]) < 0.95 * np.mean(hist[:25])
+    from solvers.linear.training import training_grids
+    g = training_grids(cfg)[0]
+    its_cg, its_dc = [], []
+    for seed in range(3):
+        p = poisson_problem(g, seed=seed)
+        its_cg.append(solve(p, CG(), rtol=1e-6).iterations)
+        its_dc.append(solve(p, DCDM(net), rtol=1e-6).iterations)
+    assert np.mean(its_dc) < 0.8 * np.mean(its_cg), (its_dc, its_cg)
+
+
+def test_shipped_weights_load_and_run():
+    if not pretrained_path().exists():
+        pytest.skip("no shipped weights")
+    net = load_pretrained()
+    g = smoke_domain(16, 3, [Sphere((0.5, 0.5, 0.4), 0.2)])
+    p = poisson_problem(g, seed=0)
+    sol = solve(p, DCDM(net), rtol=1e-6)
+    assert sol.success
+    net2 = load_dcdm(pretrained_path())
+    gm1, gm2 = GridModel(net, g), GridModel(net2, g)
+    assert torch.allclose(gm1(p.b), gm2(p.b))
+
+
+@pytest.mark.parametrize("smoothing", [0, 1, 2])
+def test_network_is_linear_symmetric_positive_for_random_weights(smoothing):
+    """f(r) = M r with M SPD for any weights: DCDM with it is PCG with a learned preconditioner."""
+    torch.manual_seed(1)
+    g = smoke_domain(16, 3, [Sphere((0.5, 0.5, 0.4), 0.2)])
+    net = DCDMNet(3, channels=4, smoothing=smoothing).double()
+    with torch.no_grad():
+        for prm in net.parameters():
+            prm.add_(0.3 * torch.randn_like(prm))
+    G = g.geometry(torch.float64)
+    u, v = (g.to_grid(torch.randn(g.n, dtype=f64))[None] for _ in range(2))
+    with torch.no_grad():
+        fu, fv = net(u, G), net(v, G)
+        assert torch.allclose(net(2 * u - 3 * v, G), 2 * fu - 3 * fv, atol=1e-10 * float(fu.abs().max()))
+        assert abs(float((fu * v).sum() - (fv * u).sum())) < 1e-10 * float((fu * u).sum().abs())
+        if smoothing <= 1:  # one damped-Jacobi sweep, omega < 1, lambda(D^-1 A) <= 2: definite
+            cols = [g.from_grid(net(g.to_grid(e)[None], G)[0]) for e in torch.eye(g.n, dtype=f64)[:200]]
+            S = torch.stack(cols)[:, :200]  # a principal submatrix of an SPD matrix is SPD
+            assert float(torch.linalg.eigvalsh(0.5 * (S + S.T)).min()) > 0
+
+
+def test_network_reads_the_pressure_operator_off_the_geometry():
+    g = smoke_domain(12, 3, [Sphere((0.5, 0.5, 0.4), 0.25)])
+    net = DCDMNet(3)
+    A, inv_d = net._laplacian(g.geometry(torch.float64)[None], None)
+    w = torch.randn(g.n, dtype=f64)
+    Aw = g.from_grid(A(g.to_grid(w)[None])[0])
+    assert torch.allclose(Aw, torch.from_numpy(g.matrix() @ w.numpy()), atol=1e-12)
