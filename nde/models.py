@@ -21,6 +21,7 @@ Gradients:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,6 +30,7 @@ from torch import Tensor, nn
 
 from solvers import ODEProblem, Solution, TorchDiffEq, Tsit5, solve
 from solvers.algorithm import Algorithm
+from solvers.ode.controllers import ControllerState, IController
 from solvers.ode.integrator import initial_step
 from solvers.ode.runge_kutta import ExplicitRungeKutta
 from solvers.problem import SDEProblem
@@ -156,17 +158,30 @@ class NeuralODE(nn.Module):
         """The method the local regulariser steps with (the model's own, or Tsit5 for adjoint)."""
         return self.solver if isinstance(self.solver, ExplicitRungeKutta) else Tsit5()
 
-    def local_step(self, t: float, y: Tensor, generator: torch.Generator | None = None):
-        """One differentiable step of the adaptive method from ``(t, y)`` with the step size the
-        controller would start with there (Hairer's heuristic; not differentiated). Returns
-        ``(StepResult, dt)``; evaluations are counted as ``nfe_regularizer``."""
+    def local_step(self, t: float, y: Tensor, generator: torch.Generator | None = None,
+                   step_size: str | float = "controller"):
+        """One differentiable step of the adaptive method from ``(t, y)``: ``(StepResult, dt)``.
+
+        ``dt`` is not differentiated: a number is used as it is; ``step_size="initial"``: Hairer's
+        starting-step heuristic (as the authors' LocalRegNeuralDE.jl does, via the integrator's
+        initial dt);
+        ``"controller"``: that step is tried once (no gradient) and ``dt`` is the integral
+        controller's proposal after it, i.e. the step the solver would take next from ``(t, y)``
+        (6 more evaluations). Evaluations are counted as ``nfe_regularizer``."""
         alg = self.adaptive_solver
         f = self.counted
         self.counter.phase = "regularizer"
         try:
             f0 = f(torch.tensor(t, dtype=torch.float64, device=y.device), y)
-            dt, _ = initial_step(f, t, y.detach(), f0.detach(), 1.0, alg.error_order or alg.order, self.rtol,
-                                 self.atol)
+            k = alg.error_order or alg.order
+            if not isinstance(step_size, str):
+                dt = float(step_size)
+            else:
+                dt, _ = initial_step(f, t, y.detach(), f0.detach(), 1.0, k, self.rtol, self.atol)
+            if step_size == "controller":
+                with torch.no_grad():
+                    trial = alg.step(f, t, y.detach(), dt, f0=f0.detach(), rtol=self.rtol, atol=self.atol)
+                dt = _propose(dt, float(trial.error_estimate), k + 1)
             res = alg.step(f, t, y, dt, f0=f0, rtol=self.rtol, atol=self.atol)
         finally:
             self.counter.phase = "backward"
@@ -329,26 +344,39 @@ class NeuralSDE(nn.Module):
         finally:
             self.counter.phase = "backward"
 
-    def local_step(self, t: float, y: Tensor, generator: torch.Generator | None = None):
-        """One differentiable step of the adaptive SDE method from ``(t, y)``: step size from
-        Hairer's heuristic on the drift (not differentiated), a fresh Brownian increment drawn from
-        ``generator``. Returns ``(SDEStepResult, dt)``."""
+    def local_step(self, t: float, y: Tensor, generator: torch.Generator | None = None,
+                   step_size: str | float = "controller"):
+        """One differentiable step of the adaptive SDE method from ``(t, y)`` with a fresh Brownian
+        increment drawn from ``generator``; ``dt`` (not differentiated) as for
+        :meth:`NeuralODE.local_step`, with Hairer's heuristic applied to the drift. Returns
+        ``(SDEStepResult, dt)``."""
         alg = self.adaptive_solver
         sde = self.sde
         self.counter.phase = "regularizer"
         try:
             tt = torch.tensor(t, dtype=torch.float64, device=y.device)
             f0, g0 = sde.f(tt, y), sde.g(tt, y)
-            dt, _ = initial_step(sde.f, t, y.detach(), f0.detach(), 1.0, 1, self.rtol, self.atol)
+            if not isinstance(step_size, str):
+                dt = float(step_size)
+            else:
+                dt, _ = initial_step(sde.f, t, y.detach(), f0.detach(), 1.0, 1, self.rtol, self.atol)
             shape = y.shape if self.noise == "diagonal" else (*y.shape[:-1], g0.shape[-1])
-            z = torch.randn(shape, generator=generator, dtype=y.dtype, device=y.device)
-            dW = z * dt ** 0.5
-            U = None
-            if alg.needs_levy_area:
+
+            def noise(h: float):
+                z = torch.randn(shape, generator=generator, dtype=y.dtype, device=y.device)
+                dW = z * h ** 0.5
+                if not alg.needs_levy_area:
+                    return dW, None
                 zh = torch.randn(shape, generator=generator, dtype=y.dtype, device=y.device)
-                U = dt * (0.5 * dW + zh * (dt / 12) ** 0.5)
-            res = alg.step(sde.f, sde.g, t, y, dt, dW, U, noise=self.noise, sde_type=self.sde_type, f0=f0,
-                           g0=g0, rtol=self.rtol, atol=self.atol)
+                return dW, h * (0.5 * dW + zh * (h / 12) ** 0.5)
+
+            kw = dict(noise=self.noise, sde_type=self.sde_type, rtol=self.rtol, atol=self.atol)
+            if step_size == "controller":
+                with torch.no_grad():
+                    trial = alg.step(sde.f, sde.g, t, y.detach(), dt, *noise(dt), f0=f0.detach(),
+                                     g0=g0.detach(), **kw)
+                dt = _propose(dt, float(trial.error_estimate), alg.error_exponent)
+            res = alg.step(sde.f, sde.g, t, y, dt, *noise(dt), f0=f0, g0=g0, **kw)
         finally:
             self.counter.phase = "backward"
         return res, dt
@@ -369,6 +397,13 @@ class NeuralSDE(nn.Module):
             self.last_solution = sol
             return sol.ys
         return regularizer.run(self, y0, t, seed=seed)
+
+
+def _propose(dt: float, error: float, k: float) -> float:
+    """The integral controller's next step after an attempt with scaled error ``error``."""
+    if not math.isfinite(error):
+        return dt * 0.2
+    return IController().adapt(ControllerState(), dt, error, k)[1]
 
 
 class _AdjointSDESolution:

@@ -111,18 +111,33 @@ def test_global_regularisers_match_hand_computation():
 
 
 @pytest.mark.parametrize("kind", ["error", "stiffness"])
-@pytest.mark.parametrize("sensitivity", ["backprop", "adjoint"])
-def test_local_regulariser_matches_hand_computation(kind, sensitivity):
+@pytest.mark.parametrize("sensitivity, step_size", [("backprop", "auto"), ("backprop", "initial"),
+                                                    ("adjoint", "auto"), ("adjoint", "initial")])
+def test_local_regulariser_matches_hand_computation(kind, sensitivity, step_size):
     m = _model(sensitivity=sensitivity)
-    reg = LocalRegularizer(kind, sampling="unbiased", seed=3)
+    reg = LocalRegularizer(kind, sampling="unbiased", seed=3, step_size=step_size)
     y0 = torch.ones(1, 1, dtype=F64)
     m(y0, regularizer=reg)
     t1 = reg.last_t
     assert 0.0 < t1 < 1.0
     # u(t1) as the solve produced it (within the solve's tolerance of the exact e^{lambda t1}).
-    u1 = float(m.last_solution.ys[[i for i, t in enumerate(m.last_solution.ts.tolist()) if t == t1][0]])
+    sol = m.last_solution
+    u1 = float(sol.ys[[i for i, t in enumerate(sol.ts.tolist()) if t == t1][0]])
     assert abs(u1 - math.exp(LAM * t1)) < 1e-4
     dt = _hairer_dt(u1)
+    if step_size == "auto" and sensitivity == "backprop":
+        # "solver": the accepted step of this very solve that contains t1.
+        tr = sol.trace
+        starts, dts = tr.t[tr.accepted].tolist(), tr.dt[tr.accepted].tolist()
+        dt = [h for s, h in zip(starts, dts) if s <= t1 < s + h][0]
+        assert m.nfe_regularizer == 7
+    elif step_size == "auto":
+        # "controller": Hairer's step tried once, then the I controller's proposal (k = 5).
+        _, e0, _ = _tsit5_step(u1, dt)
+        dt = dt * min(10.0, max(0.2, 0.9 * e0 ** (-1 / 5)))
+        assert m.nfe_regularizer == 14
+    else:
+        assert m.nfe_regularizer == 8
     _, eest, stiff = _tsit5_step(u1, dt)
     expected = eest * dt if kind == "error" else stiff
     assert abs(float(m.reg_raw) - expected) <= 1e-9 * max(abs(expected), 1e-12)
@@ -189,7 +204,8 @@ def test_local_regularisation_with_adjoint_backward():
     (ys[-1].pow(2).mean() + m.reg_loss).backward()
     grads = torch.cat([p.grad.flatten() for p in m.parameters()])
     assert bool(torch.isfinite(grads).all()) and float(grads.abs().max()) > 0
-    assert m.nfe_backward > 0 and m.nfe_regularizer == 8  # f(t1), Hairer's extra f, 6 new Tsit5 stages
+    # f(t1), Hairer's extra f, 6 stages of the trial step, 6 of the differentiable one.
+    assert m.nfe_backward > 0 and m.nfe_regularizer == 14
     with pytest.raises(ValueError, match="backprop"):
         m(torch.randn(4, 2), regularizer=GlobalError())
 
