@@ -162,7 +162,7 @@ def test_network_is_linear_symmetric_positive_for_random_weights(smoothing):
 def test_network_reads_the_pressure_operator_off_the_geometry():
     g = smoke_domain(12, 3, [Sphere((0.5, 0.5, 0.4), 0.25)])
     net = DCDMNet(3)
-    A, inv_d = net._laplacian(g.geometry(torch.float64)[None], None)
+    A, inv_d, deg = net._laplacian(g.geometry(torch.float64)[None], None)
     w = torch.randn(g.n, dtype=f64)
     Aw = g.from_grid(A(g.to_grid(w)[None])[0])
     assert torch.allclose(Aw, torch.from_numpy(g.matrix() @ w.numpy()), atol=1e-12)

@@ -132,11 +132,27 @@ class DCDMNet(nn.Module):
         """``c r + sum_a w_a (r(x - e_a) + r(x + e_a))`` with ``c = softplus + 2 sum |w_a|``: SPD."""
         w = self.stencil_axes[level]
         c = F.softplus(self.stencil_centre[level] + 1.0) + 2 * w.abs().sum()
+        if not torch.is_grad_enabled():  # inference: in-place slice updates with Python scalars
+            out = r * float(c)
+            for k in range(self.dim):
+                ax, n, wk = k + 1, r.shape[k + 1], float(w[k])
+                out.narrow(ax, 1, n - 1).add_(r.narrow(ax, 0, n - 1), alpha=wk)
+                out.narrow(ax, 0, n - 1).add_(r.narrow(ax, 1, n - 1), alpha=wk)
+            return out
         return c * r + _axis_pairs(r, first_axis=1, weights=w)
 
     def _smooth(self, x: Tensor, level: int) -> Tensor:
         """Separable symmetric filter ``b x + a (x(-e) + x(+e))`` along every axis (symmetric operator)."""
         b, a = self.transfer[level]
+        if not torch.is_grad_enabled():  # inference: in-place slice updates with Python scalars
+            bf, af = float(b), float(a)
+            for ax in range(2, x.dim()):
+                n = x.shape[ax]
+                y = x * bf
+                y.narrow(ax, 1, n - 1).add_(x.narrow(ax, 0, n - 1), alpha=af)
+                y.narrow(ax, 0, n - 1).add_(x.narrow(ax, 1, n - 1), alpha=af)
+                x = y
+            return x
         for ax in range(2, x.dim()):
             x = b * x + a * _axis_pairs(x, first_axis=ax, last_axis=ax)
         return x
@@ -200,7 +216,7 @@ class DCDMNet(nn.Module):
     def _laplacian(self, geom: Tensor, cache: dict | None):
         """The pressure operator read off the geometry (fluid/air channels; solid elsewhere, including
         outside the array): ``(A u)_i = n_i u_i - sum_{fluid j ~ i} u_j`` on fluid cells, ``n_i`` the
-        number of non-solid neighbours. Returns ``(apply, 1 / n)``."""
+        number of non-solid neighbours. Returns ``(apply, 1 / n, n)``."""
         if cache is not None and "laplacian" in cache:
             return cache["laplacian"]
         fluid, nonsolid = geom[:, 0], geom[:, 0] + geom[:, 1]
@@ -210,10 +226,24 @@ class DCDMNet(nn.Module):
         def apply(u: Tensor) -> Tensor:
             u = u * fluid
             return fluid * (deg * u - self._shift_sum(u))
-        out = (apply, inv)
+        out = (apply, inv, deg)
         if cache is not None:
             cache["laplacian"] = out
         return out
+
+    def _two_level_inplace(self, r: Tensor, B, K: Tensor, fluid: Tensor, deg: Tensor) -> Tensor:
+        """The same cycle with fewer temporaries (inference; full-resolution buffers dominate the cost)."""
+        def residual(x: Tensor) -> Tensor:  # r - A x for x vanishing outside the fluid
+            out = deg * x
+            out.sub_(self._shift_sum(x)).mul_(fluid)
+            return out.neg_().add_(r)
+        x = K * r
+        for _ in range(self.smoothing - 1):
+            x.addcmul_(K, residual(x))
+        x.add_(B(residual(x)))
+        for _ in range(self.smoothing):
+            x.addcmul_(K, residual(x))
+        return x
 
     def _shift_sum(self, u: Tensor) -> Tensor:
         return _axis_pairs(u, first_axis=1)
@@ -222,8 +252,10 @@ class DCDMNet(nn.Module):
         """Symmetric two-level cycle around the learned part ``B`` (= the map computed so far):
         ``x = K r``; ``x += B (r - A x)``; ``x += K (r - A x)``, with ``K = omega D^{-1}`` (damped Jacobi,
         ``omega`` learned). ``M^{-1} = K + B + K - KAB - BAK - KAK + KABAK`` is symmetric."""
-        A, inv_d = self._laplacian(geom, cache)
+        A, inv_d, deg = self._laplacian(geom, cache)
         K = torch.sigmoid(self.omega_logit) * inv_d
+        if not torch.is_grad_enabled():
+            return self._two_level_inplace(r, B, K, geom[:, 0], deg)
         x = K * r
         for _ in range(self.smoothing - 1):
             x = x + K * (r - A(x))

@@ -195,15 +195,21 @@ class PoissonGrid:
     # ------------------------------------------------------------- grid <-> vector
     def to_grid(self, v: Tensor) -> Tensor:
         """Scatter ``(..., n)`` unknowns into ``(..., *shape)`` cells (zeros outside the fluid)."""
-        idx = torch.as_tensor(self.index, device=v.device)
+        idx = self._index_tensor(v.device)
         out = torch.zeros(*v.shape[:-1], int(np.prod(self.shape)), dtype=v.dtype, device=v.device)
-        out[..., idx] = v
+        out.index_copy_(out.dim() - 1, idx, v)
         return out.reshape(*v.shape[:-1], *self.shape)
 
     def from_grid(self, g: Tensor) -> Tensor:
         """Gather the fluid cells of ``(..., *shape)`` into ``(..., n)``."""
-        idx = torch.as_tensor(self.index, device=g.device)
-        return g.reshape(*g.shape[: g.dim() - self.dim], -1)[..., idx]
+        flat = g.reshape(*g.shape[: g.dim() - self.dim], -1)
+        return flat.index_select(flat.dim() - 1, self._index_tensor(g.device))
+
+    def _index_tensor(self, device: torch.device) -> Tensor:
+        key = ("index_t", str(device))
+        if key not in self._cache:
+            self._cache[key] = torch.as_tensor(self.index, device=device)
+        return self._cache[key]
 
     def geometry(self, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> Tensor:
         """The geometry channels the DCDM network reads: ``(2, *shape)`` = [fluid indicator, Dirichlet
