@@ -188,3 +188,30 @@ def test_bad_inputs():
         PCG("ilu7")
     with pytest.raises(ValueError, match="explicit"):
         solve(LinearProblem(lambda x: A @ x, b), PCG("ic0"))
+
+
+def test_torch_sparse_diagonal_without_densifying():
+    p = poisson2d(8)
+    S = p.A.tocoo()
+    T = torch.sparse_coo_tensor(np.vstack([S.row, S.col]), S.data, size=S.shape).coalesce()
+    for M in (T, T.to_sparse_csr()):
+        d = as_operator(LinearProblem(M, p.b)).diagonal()
+        assert torch.allclose(d, torch.from_numpy(p.A.diagonal()))
+        assert solve(LinearProblem(M, p.b), PCG("jacobi"), rtol=1e-8).success
+
+
+@pytest.mark.gpu
+def test_cg_and_dcdm_on_gpu():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    from solvers.linear.dcdm import DCDM
+    from solvers.linear.network import DCDMNet
+
+    g = smoke_domain(16, 3, [Sphere((0.5, 0.5, 0.4), 0.2)])
+    p = poisson_problem(g, seed=0, device="cuda")
+    cpu = solve(poisson_problem(g, seed=0), CG(), rtol=1e-8)
+    gpu = solve(p, CG(), rtol=1e-8)
+    assert gpu.x.is_cuda and abs(gpu.iterations - cpu.iterations) <= 1
+    assert torch.allclose(gpu.x.cpu(), cpu.x, atol=1e-6 * float(cpu.x.abs().max()))
+    sol = solve(p, DCDM(DCDMNet(3).cuda()), rtol=1e-6)
+    assert sol.success and sol.x.is_cuda

@@ -62,7 +62,13 @@ class LinearOperator:
             return None
         if isinstance(self.matrix, Tensor):
             M = self.matrix
-            d = M.to_dense().diagonal() if M.layout != torch.strided else M.diagonal()
+            if M.layout == torch.strided:
+                return M.diagonal().to(device=self.device, dtype=self.dtype)
+            C = (M.to_sparse_coo() if M.layout != torch.sparse_coo else M).coalesce()
+            i, v = C.indices(), C.values()
+            on = i[0] == i[1]
+            d = torch.zeros(M.shape[0], dtype=v.dtype, device=v.device)
+            d.index_add_(0, i[0][on], v[on])  # no densification: O(nnz)
             return d.to(device=self.device, dtype=self.dtype)
         return torch.as_tensor(np.asarray(self._scipy.diagonal()), dtype=self.dtype, device=self.device)
 
