@@ -14,27 +14,29 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
-	$(PYTHON) -m pip install -q --upgrade pip
 	# torch first, pinned: an unpinned torch pulls a multi-GB CUDA build.
 	$(PYTHON) -m pip install -q torch==2.13.0
 	$(PYTHON) -m pip install -q -e ".[test,docs]"
 	touch $(STAMP)
 
 demo: setup
-	$(PYTHON) -m solvers.convergence --out out/convergence
-	$(PYTHON) examples/ode_internals.py --quick --out out/ode_internals
+	$(PYTHON) -m solvers.convergence --quick --out out/convergence
+	$(PYTHON) examples/ode_internals.py --quick --out out/examples/ode_internals
+	$(PYTHON) examples/integral_rl_control.py --quick --out out/examples/integral_rl_control
 
+# One pytest worker per core; each worker runs torch with one thread (tests/conftest.py).
 test: setup
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q -n 2
 
 test-all: setup
-	$(PYTHON) -m pytest -q -m "slow or not slow"
+	$(PYTHON) -m pytest -q -n 2 -m "slow or not slow"
 
 docs: setup
 	$(BIN)/mkdocs build --strict
 
 bench: setup
-	$(PYTHON) benchmarks/ode_overhead.py --out out/benchmarks
+	$(PYTHON) benchmarks/ode_overhead.py --out out/benchmarks/ode_overhead
+	$(PYTHON) benchmarks/intrl.py --out out/benchmarks/intrl
 
 lint: setup
 	$(BIN)/ruff check .

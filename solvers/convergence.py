@@ -215,7 +215,7 @@ def plot_work_precision(points: Sequence[WorkPrecisionPoint], path: Path) -> Non
 #: Problems of the order table: smooth, with time scales that let every method, Tsitouras' 5(4)
 #: included (its leading error coefficients are tuned small, so its asymptotic regime starts late),
 #: reach its asymptotic regime before float64 roundoff (~1e-13).
-ORDER_PROBLEMS = ("logistic", "harmonic", "damped_oscillator")
+ORDER_PROBLEMS = ("harmonic", "damped_oscillator", "forced_oscillator", "spiral")
 
 
 def order_table(problems: Sequence[str] = ORDER_PROBLEMS, methods=None, **kwargs) -> list[OrderResult]:

@@ -16,6 +16,8 @@ time_nonlinear         y' = -2 t y^2, y(0) = 1, t in [0, 3]            1 / (1 + 
 forced_linear          y' = -y + sin t, y(0) = 1, t in [0, 5]          (sin t - cos t + 3 e^{-t}) / 2
 harmonic               x' = v, v' = -4 x, (1, 0), t in [0, 5]          x = cos 2t, v = -2 sin 2t
 damped_oscillator      x' = v, v' = -4 x - 2/5 v, (1, 0), t in [0, 5]  e^{-t/5} (cos wt + sin(wt)/(5w))
+forced_oscillator      x' = v, v' = -x + cos 2t, (1, 0), t in [0, 6]   (4 cos t - cos 2t) / 3
+spiral                 x' = -x/2 + v, v' = -x - v/2, (1, 0), [0, 5]    e^{-t/2} (cos t, -sin t)
 linear3                y' = A y, eigenvalues -1, -2, -3, t in [0, 2]   sum of three exponentials
 stiff_smooth           y' = -1000 (y - cos t) - sin t, y(0) = 2        cos t + e^{-1000 t}
 =====================  ==============================================  ==============================
@@ -87,6 +89,18 @@ def damped_oscillator(dtype: torch.dtype = torch.float64) -> ODEProblem:
                           name="damped_oscillator", dtype=dtype)
 
 
+def forced_oscillator(dtype: torch.dtype = torch.float64) -> ODEProblem:
+    """Undamped oscillator driven off resonance, ``x'' + x = cos 2t``."""
+    return ode_from_sympy([_v(t), -_x(t) + sp.cos(2 * t)], [_x, _v], t, [1, 0], (0.0, 6.0),
+                          name="forced_oscillator", dtype=dtype)
+
+
+def spiral(dtype: torch.dtype = torch.float64) -> ODEProblem:
+    """Damped rotation ``x' = -x/2 + v, v' = -x - v/2`` (eigenvalues -1/2 +- i)."""
+    return ode_from_sympy([-_x(t) / 2 + _v(t), -_x(t) - _v(t) / 2], [_x, _v], t, [1, 0], (0.0, 5.0),
+                          name="spiral", dtype=dtype)
+
+
 def linear3(dtype: torch.dtype = torch.float64) -> ODEProblem:
     """3x3 linear system ``y' = A y``, A = [[-1, 1, 0], [0, -2, 1], [0, 0, -3]] (distinct eigenvalues)."""
     rhs = [-_y1(t) + _y2(t), -2 * _y2(t) + _y3(t), -3 * _y3(t)]
@@ -103,7 +117,8 @@ def stiff_smooth(dtype: torch.dtype = torch.float64) -> ODEProblem:
 
 _BUILDERS: dict[str, Callable[..., ODEProblem]] = {
     fn.__name__: fn for fn in (linear, logistic, bernoulli, riccati, exponential_sine, time_nonlinear,
-                               forced_linear, harmonic, damped_oscillator, linear3, stiff_smooth)
+                               forced_linear, harmonic, damped_oscillator, forced_oscillator, spiral, linear3,
+                               stiff_smooth)
 }
 
 #: Names of every reference ODE problem.
