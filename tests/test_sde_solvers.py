@@ -297,3 +297,16 @@ def test_bad_input():
     with pytest.raises(SolverError):
         solve(SDEProblem(lambda t, y: y ** 3, lambda t, y: y, torch.full((1, 1), 10.0), (0.0, 1.0)),
               LambaEM(), max_steps=5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_sde_solvers_on_gpu():
+    ref = linear_additive()
+    prob = ref.problem(64, dtype=torch.float32, device="cuda")
+    for alg, kw in ((EulerMaruyama(), dict(dt=0.01)), (SRA1(), dict(rtol=1e-3, atol=1e-3)),
+                    (LambaEM(), dict(rtol=1e-2, atol=1e-2))):
+        sol = solve(prob, alg, seed=0, save_noise=True, saveat=[0.0, 1.0], **kw)
+        assert sol.ys.device.type == "cuda" and sol.ys.dtype == torch.float32
+        exact = ref.exact(1.0, sol.ws[-1])
+        assert float((sol.ys[-1] - exact).abs().mean()) < 0.05
