@@ -282,11 +282,13 @@ class ODEIntegrator:
                 j += 1
             if j > self._save_idx:
                 times = self.saveat[self._save_idx:j]
-                thetas = [(s - t_old) / dt for s in times]
-                vals = DenseOutput.evaluate_step(self.alg_coeffs.dense, y_old, Kd, dt, thetas)
-                for s, v in zip(times, vals):
+                # A save time on the step's end is the step's own solution: no interpolation needed.
+                inner = [s for s in times if s != t_new]
+                vals = iter(DenseOutput.evaluate_step(self.alg_coeffs.dense, y_old, Kd, dt,
+                                                      [(s - t_old) / dt for s in inner]) if inner else ())
+                for s in times:
                     self._ts.append(s)
-                    self._ys.append(v.view(self.shape))
+                    self._ys.append(y1.view(self.shape) if s == t_new else next(vals).view(self.shape))
                 self._save_idx = j
         self.t = t_new
         self.y_flat = y1
