@@ -64,14 +64,15 @@ class QuadraticBasis:
         return f"QuadraticBasis(d={self.d})"
 
     def __call__(self, x: Tensor) -> Tensor:
-        return x[..., self._i] * x[..., self._j]
+        return x[..., self._i.to(x.device)] * x[..., self._j.to(x.device)]
 
     def jacobian(self, x: Tensor) -> Tensor:
         """``d phi_k / d x_l``, shape ``(..., m, d)``."""
         J = x.new_zeros(*x.shape[:-1], self.m, self.d)
-        k = torch.arange(self.m)
-        J[..., k, self._i] += x[..., self._j]
-        J[..., k, self._j] += x[..., self._i]
+        k = torch.arange(self.m, device=x.device)
+        i, j = self._i.to(x.device), self._j.to(x.device)
+        J[..., k, i] += x[..., j]
+        J[..., k, j] += x[..., i]
         return J
 
     def to_matrix(self, w: Tensor) -> Tensor:
@@ -153,8 +154,8 @@ class ControlAffineProblem:
         p = self.basis(self.x0).shape[-1]
         if tuple(self.basis.jacobian(self.x0).shape) != (p, d):
             raise ValueError(f"basis.jacobian(x0) must have shape ({p}, {d})")
-        w0 = (torch.zeros(p, dtype=self.x0.dtype) if self.w0 is None
-              else torch.as_tensor(self.w0, dtype=self.x0.dtype))
+        w0 = (torch.zeros(p, dtype=self.x0.dtype, device=self.x0.device) if self.w0 is None
+              else torch.as_tensor(self.w0, dtype=self.x0.dtype, device=self.x0.device))
         if tuple(w0.shape) != (p,):
             raise ValueError(f"w0 must have shape ({p},) (one weight per basis function), "
                              f"got {tuple(w0.shape)}")
