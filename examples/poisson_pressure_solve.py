@@ -27,7 +27,7 @@ import torch  # noqa: E402
 from solvers import solve  # noqa: E402
 from solvers.linear import CG, PCG, Sphere, poisson_problem, smoke_domain  # noqa: E402
 from solvers.linear.dcdm import DCDM  # noqa: E402
-from solvers.linear.training import load_pretrained  # noqa: E402
+from solvers.linear.training import load_dcdm, load_pretrained  # noqa: E402
 
 
 def main() -> None:
@@ -35,6 +35,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="32^3 instead of 64^3")
     ap.add_argument("--n", type=int, default=None)
     ap.add_argument("--rtol", type=float, default=1e-6)
+    ap.add_argument("--weights", default=None, help="a weights file (default: the shipped one)")
     ap.add_argument("--out", default="out/examples/poisson_pressure_solve")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -44,7 +45,7 @@ def main() -> None:
 
     grid = smoke_domain(n, 3, [Sphere((0.5, 0.5, 0.35), 0.2)])
     problem = poisson_problem(grid, seed=0)
-    net = load_pretrained()
+    net = load_pretrained() if args.weights is None else load_dcdm(args.weights)
     runs = {"CG": CG(), "AMG-PCG (pyamg)": PCG("amg"), "DCDM (shipped net)": DCDM(net)}
     sols = {}
     for name, alg in runs.items():
