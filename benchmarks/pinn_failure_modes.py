@@ -173,15 +173,15 @@ def plot(results: list[dict], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     ax = axes[0]
-    for m, style in (("pinn", "o-"), ("lpinn", "s-")):
-        for u0, ls in (("sin", ""), ("gaussian", "--")):
+    for m, marker in (("pinn", "o"), ("lpinn", "s")):
+        for u0, ls in (("sin", "-"), ("gaussian", "--")):
             rs = [r for r in results if r["method"] == m and r["params"].get("kind") == "convection"
                   and r["params"].get("u0") == u0]
             if not rs:
                 continue
             betas = sorted({r["params"]["beta"] for r in rs})
             med = [statistics.median(r["rel_l2"] for r in rs if r["params"]["beta"] == b) for b in betas]
-            ax.semilogy(betas, med, style + ls, label=f"{m.upper()} u0={u0}")
+            ax.semilogy(betas, med, marker=marker, ls=ls, label=f"{m.upper()} u0={u0}")
             for r in rs:
                 ax.plot(r["params"]["beta"], r["rel_l2"], "k.", ms=3, alpha=0.4)
     ax.axhline(1e-3, color="gray", lw=0.8, ls=":")
