@@ -71,6 +71,22 @@ def _select(errors: Sequence[float], floor: float, ceiling: float, keep: int) ->
     return [i in idx for i in range(len(errors))]
 
 
+def _ladder(error_at, dts_all: Sequence[float], floor: float, ceiling: float,
+            keep: int) -> tuple[list[float], list[float], list[bool], float]:
+    """Errors over a halving ladder of step sizes (stopping at roundoff level) and the fitted order."""
+    dts, errors = [], []
+    for dt in dts_all:
+        err = error_at(dt)
+        dts.append(dt)
+        errors.append(err)
+        if err < floor:
+            break
+    used = _select(errors, floor, ceiling, keep)
+    pts = [(d, e) for d, e, u in zip(dts, errors, used) if u]
+    observed = fit_order([p[0] for p in pts], [p[1] for p in pts]) if len(pts) >= 2 else float("nan")
+    return dts, errors, used, observed
+
+
 def convergence_order(problem: ODEProblem, algorithm, *, kmin: int = 2, kmax: int = 14,
                       floor: float = 1e-13, ceiling: float = 1e-1, keep: int = 3) -> OrderResult:
     """Empirical order of ``algorithm`` on ``problem`` (needs ``problem.analytic``).
@@ -81,18 +97,12 @@ def convergence_order(problem: ODEProblem, algorithm, *, kmin: int = 2, kmax: in
     if problem.analytic is None:
         raise ValueError("convergence_order needs a problem with an exact solution (analytic)")
     span = abs(problem.t1 - problem.t0)
-    dts, errors = [], []
-    for k in range(kmin, kmax + 1):
-        dt = span / 2**k
-        sol = solve(problem, algorithm, dt=dt, dense=False, saveat=[problem.t1])
-        err = _final_error(problem, sol)
-        dts.append(dt)
-        errors.append(err)
-        if err < floor:
-            break
-    used = _select(errors, floor, ceiling, keep)
-    pts = [(d, e) for d, e, u in zip(dts, errors, used) if u]
-    observed = fit_order([p[0] for p in pts], [p[1] for p in pts]) if len(pts) >= 2 else float("nan")
+
+    def error_at(dt: float) -> float:
+        return _final_error(problem, solve(problem, algorithm, dt=dt, dense=False, saveat=[problem.t1]))
+
+    dts, errors, used, observed = _ladder(error_at, [span / 2**k for k in range(kmin, kmax + 1)],
+                                          floor, ceiling, keep)
     return OrderResult(type(algorithm).__name__, problem.name, algorithm.order, observed, dts, errors, used)
 
 
@@ -103,21 +113,16 @@ def dense_convergence_order(problem: ODEProblem, algorithm, *, kmin: int = 3, km
     if problem.analytic is None:
         raise ValueError("dense_convergence_order needs a problem with an exact solution")
     span = problem.t1 - problem.t0
-    dts, errors = [], []
-    for k in range(kmin, kmax + 1):
-        n = 2**k
-        dt = abs(span) / n
+
+    def error_at(dt: float) -> float:
+        n = round(abs(span) / dt)
         sol = solve(problem, algorithm, dt=dt, saveat=[problem.t1])
         tq = torch.tensor([problem.t0 + (j + th) * span / n for j in range(n) for th in thetas],
                           dtype=torch.float64)
-        err = float((sol(tq).to(torch.float64) - problem.analytic(tq).to(torch.float64)).abs().max())
-        dts.append(dt)
-        errors.append(err)
-        if err < floor:
-            break
-    used = _select(errors, floor, ceiling, keep)
-    pts = [(d, e) for d, e, u in zip(dts, errors, used) if u]
-    observed = fit_order([p[0] for p in pts], [p[1] for p in pts]) if len(pts) >= 2 else float("nan")
+        return float((sol(tq).to(torch.float64) - problem.analytic(tq).to(torch.float64)).abs().max())
+
+    dts, errors, used, observed = _ladder(error_at, [abs(span) / 2**k for k in range(kmin, kmax + 1)],
+                                          floor, ceiling, keep)
     expected = min(algorithm.order, algorithm.tableau.dense_order + 1)
     return OrderResult(type(algorithm).__name__, problem.name, expected, observed, dts, errors, used)
 
