@@ -123,6 +123,10 @@ class DigitsNet(nn.Module):
 
 class Digits(Task):
     name = "digits"
+    # Chosen among (100, 10), (30, 3), (10, 1) on a validation split of the training images (the last
+    # 287 of them; seeds 0-2; test images unseen): (30, 3) gave the largest NFE cut (0.54x) with
+    # validation accuracy at vanilla's (+0.1 pp); (100, 10) cost 0.5 pp.
+    w_local_error = (30.0, 3.0)
 
     def __init__(self, quick: bool):
         from sklearn.datasets import load_digits
