@@ -64,7 +64,7 @@ def train(regularize: bool, X, y, tr, epochs: int, seed: int):
     iters = epochs * ((len(tr) + 127) // 128)
     reg = None
     if regularize:
-        reg = LocalRegularizer("error", weight=ExponentialDecay(100.0, 10.0, iters), seed=seed)
+        reg = LocalRegularizer("error", weight=ExponentialDecay(30.0, 3.0, iters), seed=seed)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     nfe = []
     t0 = time.perf_counter()
