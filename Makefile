@@ -23,6 +23,7 @@ demo: setup
 	$(PYTHON) -m solvers.convergence --quick --out out/convergence
 	$(PYTHON) examples/ode_internals.py --quick --out out/examples/ode_internals
 	$(PYTHON) examples/integral_rl_control.py --quick --out out/examples/integral_rl_control
+	$(PYTHON) examples/neural_ode_regularization.py --quick --out out/examples/neural_ode_regularization
 
 # One pytest worker per core; each worker runs torch with one thread (tests/conftest.py).
 test: setup
@@ -37,6 +38,8 @@ docs: setup
 bench: setup
 	$(PYTHON) benchmarks/ode_overhead.py --out out/benchmarks/ode_overhead
 	$(PYTHON) benchmarks/intrl.py --out out/benchmarks/intrl
+	$(PYTHON) benchmarks/sde_overhead.py --out out/benchmarks/sde_overhead
+	$(PYTHON) benchmarks/regularization.py --quick --out out/benchmarks/regularization
 
 lint: setup
 	$(BIN)/ruff check .

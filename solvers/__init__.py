@@ -27,13 +27,13 @@ from .ode import (
     Tsit5,
     Verner65,
 )
-from .problem import ODEProblem
+from .problem import IntegralProblem, LinearProblem, ODEProblem, SDEProblem
 from .solution import ReturnCode, Solution, SolverError, Stats, StepTrace
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Algorithm", "solve", "init", "ODEProblem", "Solution", "Stats", "StepTrace", "ReturnCode",
+    "Algorithm", "solve", "init", "ODEProblem", "SDEProblem", "LinearProblem", "IntegralProblem", "Solution", "Stats", "StepTrace", "ReturnCode",
     "SolverError", "ButcherTableau", "Euler", "Midpoint", "Heun", "Ralston", "RK4", "Bosh3", "Dopri5",
     "Tsit5", "Verner65", "METHODS", "ConstantStepSize", "IController", "PIController", "PIDController",
     "TorchDiffEq",
