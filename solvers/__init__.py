@@ -33,8 +33,9 @@ from .solution import ReturnCode, Solution, SolverError, Stats, StepTrace
 __version__ = "0.1.0"
 
 __all__ = [
-    "Algorithm", "solve", "init", "ODEProblem", "SDEProblem", "LinearProblem", "IntegralProblem", "Solution", "Stats", "StepTrace", "ReturnCode",
-    "SolverError", "ButcherTableau", "Euler", "Midpoint", "Heun", "Ralston", "RK4", "Bosh3", "Dopri5",
-    "Tsit5", "Verner65", "METHODS", "ConstantStepSize", "IController", "PIController", "PIDController",
-    "TorchDiffEq",
+    "Algorithm", "solve", "init",
+    "ODEProblem", "SDEProblem", "LinearProblem", "IntegralProblem",
+    "Solution", "Stats", "StepTrace", "ReturnCode", "SolverError",
+    "ButcherTableau", "Euler", "Midpoint", "Heun", "Ralston", "RK4", "Bosh3", "Dopri5", "Tsit5", "Verner65",
+    "METHODS", "ConstantStepSize", "IController", "PIController", "PIDController", "TorchDiffEq",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -56,3 +57,53 @@ def check_options(options: Mapping[str, Any], valid: Iterable[str], where: str) 
     if unknown:
         raise TypeError(f"{where}: unknown option(s) {', '.join(map(repr, unknown))}; "
                         f"valid options are {', '.join(sorted(valid))}")
+
+
+@dataclass(frozen=True)
+class StepOptions:
+    """The options every time-stepping solver shares, validated."""
+
+    rtol: float
+    atol: float
+    trace: bool
+    throw: bool
+    max_steps: int
+    dtmin: float
+    dtmax: float
+    progress: bool
+
+
+def step_options(options: Mapping[str, Any], rtol: float, atol: float) -> StepOptions:
+    """Validate the shared stepping options; ``rtol``/``atol`` are the solver's defaults."""
+    rtol = check_tolerance("rtol", options.get("rtol", rtol))
+    atol = check_tolerance("atol", options.get("atol", atol))
+    if rtol == 0 and atol == 0:
+        raise ValueError("rtol and atol cannot both be zero")
+    max_steps = int(options.get("max_steps", 100_000))
+    if max_steps < 1:
+        raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+    dtmin = check_tolerance("dtmin", options.get("dtmin", 0.0))
+    dtmax = float(options.get("dtmax", math.inf))
+    if not dtmax > 0:
+        raise ValueError(f"dtmax must be > 0, got {dtmax}")
+    return StepOptions(rtol, atol, bool(options.get("trace", False)), bool(options.get("throw", True)),
+                       max_steps, dtmin, dtmax, bool(options.get("progress", False)))
+
+
+def check_saveat(saveat: Any, t0: float, t1: float) -> list[float]:
+    """Save times as floats inside ``[t0, t1]`` (either direction), ordered along the integration.
+
+    Times within rounding of an end are clipped onto it."""
+    st = torch.as_tensor(saveat, dtype=torch.float64).reshape(-1).cpu()
+    if st.numel() == 0:
+        raise ValueError("saveat is empty")
+    if not bool(torch.isfinite(st).all()):
+        raise ValueError("saveat contains NaN or Inf")
+    lo, hi = min(t0, t1), max(t0, t1)
+    tol = 1e-12 * max(1.0, abs(lo), abs(hi))
+    if float(st.min()) < lo - tol or float(st.max()) > hi + tol:
+        raise ValueError(f"saveat times must lie inside tspan [{lo}, {hi}]")
+    direction = 1.0 if t1 > t0 else -1.0
+    if bool(((st[1:] - st[:-1]) * direction < 0).any()):
+        raise ValueError("saveat must be ordered along the direction of integration")
+    return [min(max(s, lo), hi) for s in st.tolist()]

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._checks import check_finite, check_options, check_tolerance
+from .._checks import check_finite, check_options, check_saveat, step_options
 from ..problem import ODEProblem
 from ..solution import ReturnCode, Solution, SolverError, Stats, StepTrace, as_time_tensor
 from .controllers import ConstantStepSize, Controller, PIController
@@ -55,20 +55,11 @@ class ODEIntegrator:
         check_options(options, _OPTIONS, f"solve with {type(algorithm).__name__}")
         self.problem = problem
         self.alg = algorithm
-        self.rtol = check_tolerance("rtol", options.get("rtol", 1e-6))
-        self.atol = check_tolerance("atol", options.get("atol", 1e-9))
-        if self.rtol == 0 and self.atol == 0:
-            raise ValueError("rtol and atol cannot both be zero")
+        opts = step_options(options, rtol=1e-6, atol=1e-9)
+        self.rtol, self.atol = opts.rtol, opts.atol
         self.dense = bool(options.get("dense", True))
-        self.want_trace = bool(options.get("trace", False))
-        self.throw = bool(options.get("throw", True))
-        self.max_steps = int(options.get("max_steps", 100_000))
-        if self.max_steps < 1:
-            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
-        self.dtmin = check_tolerance("dtmin", options.get("dtmin", 0.0))
-        self.dtmax = float(options.get("dtmax", math.inf))
-        if not self.dtmax > 0:
-            raise ValueError(f"dtmax must be > 0, got {self.dtmax}")
+        self.want_trace, self.throw, self.max_steps = opts.trace, opts.throw, opts.max_steps
+        self.dtmin, self.dtmax = opts.dtmin, opts.dtmax
 
         t0, t1 = problem.tspan
         self.t0, self.t1 = t0, t1
@@ -100,22 +91,7 @@ class ODEIntegrator:
         # Save times: validated, sorted along the direction of integration.
         saveat = options.get("saveat")
         self.save_steps = saveat is None
-        if saveat is not None:
-            st = as_time_tensor(saveat)
-            if st.numel() == 0:
-                raise ValueError("saveat is empty")
-            if not bool(torch.isfinite(st).all()):
-                raise ValueError("saveat contains NaN or Inf")
-            lo, hi = min(t0, t1), max(t0, t1)
-            tol = 1e-12 * max(1.0, abs(lo), abs(hi))
-            if float(st.min()) < lo - tol or float(st.max()) > hi + tol:
-                raise ValueError(f"saveat times must lie inside tspan [{lo}, {hi}]")
-            diffs = (st[1:] - st[:-1]) * self.direction
-            if bool((diffs < 0).any()):
-                raise ValueError("saveat must be ordered along the direction of integration")
-            self.saveat = st.tolist()
-        else:
-            self.saveat = []
+        self.saveat = check_saveat(saveat, t0, t1) if saveat is not None else []
         self._save_idx = 0
 
         # The first evaluation doubles as input validation: shape and finiteness of f(t0, y0).
@@ -162,7 +138,7 @@ class ODEIntegrator:
         self._dense = DenseOutput(self.alg_coeffs.dense, self.shape, self.direction) if self.dense else None
         self._consume_saveat_at_start()
         self._bar = None
-        if options.get("progress", False):
+        if opts.progress:
             from tqdm.auto import tqdm
 
             self._bar = tqdm(total=abs(t1 - t0), desc=type(algorithm).__name__, unit="t")

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._checks import check_finite, check_options, check_tolerance
+from .._checks import check_finite, check_options, check_saveat, step_options
 from ..ode.controllers import Controller
 from ..ode.integrator import initial_step
 from ..ode.runge_kutta import time_tensor
@@ -72,21 +72,11 @@ class SDEIntegrator:
         check_options(options, _OPTIONS, f"solve with {type(alg).__name__}")
         alg.check_problem(problem)
         self.problem, self.alg = problem, alg
-        self.rtol = check_tolerance("rtol", options.get("rtol", 1e-3))
-        self.atol = check_tolerance("atol", options.get("atol", 1e-6))
-        if self.rtol == 0 and self.atol == 0:
-            raise ValueError("rtol and atol cannot both be zero")
-        self.want_trace = bool(options.get("trace", False))
-        self.throw = bool(options.get("throw", True))
+        opts = step_options(options, rtol=1e-3, atol=1e-6)
+        self.rtol, self.atol = opts.rtol, opts.atol
+        self.want_trace, self.throw, self.max_steps = opts.trace, opts.throw, opts.max_steps
         self.save_noise = bool(options.get("save_noise", False))
-        self.max_steps = int(options.get("max_steps", 100_000))
-        if self.max_steps < 1:
-            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
-        self.dtmin = check_tolerance("dtmin", options.get("dtmin", 0.0))
-        self.dtmax = float(options.get("dtmax", math.inf))
-        if not self.dtmax > 0:
-            raise ValueError(f"dtmax must be > 0, got {self.dtmax}")
-        self.progress = bool(options.get("progress", False))
+        self.dtmin, self.dtmax, self.progress = opts.dtmin, opts.dtmax, opts.progress
         t0, t1 = problem.tspan
         self.t0, self.t1 = t0, t1
 
@@ -94,17 +84,7 @@ class SDEIntegrator:
         self.save_steps = saveat is None
         self.saveat: list[float] = []
         if saveat is not None:
-            st = as_time_tensor(saveat)
-            if st.numel() == 0:
-                raise ValueError("saveat is empty")
-            if not bool(torch.isfinite(st).all()):
-                raise ValueError("saveat contains NaN or Inf")
-            tol = 1e-12 * max(1.0, abs(t0), abs(t1))
-            if float(st.min()) < t0 - tol or float(st.max()) > t1 + tol:
-                raise ValueError(f"saveat times must lie inside tspan [{t0}, {t1}]")
-            if bool((st[1:] < st[:-1]).any()):
-                raise ValueError("saveat must be increasing")
-            self.saveat = [min(max(float(s), t0), t1) for s in st.tolist()]
+            self.saveat = check_saveat(saveat, t0, t1)
 
         dt = options.get("dt")
         self.fixed = dt is not None
