@@ -141,6 +141,18 @@ def main() -> None:
                 cells.append(f"{e[key]['mean_iterations']:6.1f} | {e[key]['mean_solve_time']:6.3f} "
                              f"({e['setup_time']:5.2f}) x{e[key]['mean_solve_time'] / cg_t:4.2f}")
             print(f"{label:34s}" + "".join(f"{c:>26s}" for c in cells))
+    md = []
+    for tol in TOLS:
+        key = str(tol)
+        md.append(f"\n**||r||/||b|| <= {tol:g}**: mean iterations / mean solve time in s (setup s)\n")
+        md.append("| case | n | " + " | ".join(names) + " |")
+        md.append("|---|---|" + "---|" * len(names))
+        for label, r in results.items():
+            s_ = r["solvers"]
+            cells = [f"{s_[n][key]['mean_iterations']:.1f} / {s_[n][key]['mean_solve_time']:.3f} "
+                     f"({s_[n]['setup_time']:.2f})" for n in names]
+            md.append(f"| {label} | {r['n']} | " + " | ".join(cells) + " |")
+    (out / "table.md").write_text("\n".join(md) + "\n")
     (out / "results.json").write_text(json.dumps(dict(weights=args.weights, config=state["config"],
                                                       rhs=args.rhs, results=results), indent=1))
     k = len(results)
@@ -156,7 +168,7 @@ def main() -> None:
     axes.ravel()[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "residuals.png", dpi=110)
-    print(f"\nwrote {out / 'results.json'} and {out / 'residuals.png'}")
+    print(f"\nwrote {out / 'results.json'}, {out / 'table.md'} and {out / 'residuals.png'}")
 
 
 if __name__ == "__main__":

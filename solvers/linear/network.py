@@ -15,14 +15,17 @@ and half resolution. Two things change here, both measured on this project's CPU
   a Krylov method, so a mediocre direction costs conjugacy. This network is *linear in the residual and
   symmetric positive semi-definite* for every geometry,
 
-      f(r) = K_0 r + R^T K_1 R r + E^T E r,
+      f(r) = M r,  M = symmetric two-level cycle: nu damped-Jacobi sweeps, then B, then nu sweeps,
+      B = K_0 + R^T K_1 R + R^T E^T E R   (the learned part),
 
   where ``R`` is the smoothed 2x restriction, ``K_0``, ``K_1`` are symmetric diagonally dominant (hence
   SPD) learned stencils, and ``E`` is a linear encoder ``r -> (h_2, h_3, ...)`` through the coarse
   levels whose features are gated by sigmoid functions of the *geometry* (fluid / Dirichlet indicators,
   pooled), not of ``r``. ``E^T`` is applied explicitly (transposed convolutions with the same weights),
   so ``f`` is SPD by construction and DCDM with it is PCG with a learned preconditioner: it converges for
-  any weights, and training only makes it faster. The geometry enters nonlinearly, so one network adapts
+  any weights, and training only makes it faster. The Jacobi sweeps use the pressure operator read off
+  the geometry channels (the smoke-domain matrix exactly); ``smoothing = 0`` leaves the purely additive
+  learned part. The geometry enters nonlinearly, so one network adapts
   to obstacles and open faces (as the mask input of Lan et al., ICML 2024).
 
 Inputs: the residual on the grid scaled to unit RMS over the fluid cells (the output scale does not
@@ -95,7 +98,7 @@ class DCDMNet(nn.Module):
     """
 
     def __init__(self, dim: int = 3, channels: int = 16, min_size: int = 2, c_quarter: int | None = None,
-                 smoothing: int = 1):
+                 smoothing: int = 2):
         super().__init__()
         self.smoothing = smoothing
         self.omega_logit = nn.Parameter(torch.tensor(math.log(2.0)))  # Jacobi weight, sigmoid -> 2/3

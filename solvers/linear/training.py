@@ -110,12 +110,12 @@ class TrainConfig:
     ritz: int = 300                # Lanczos steps (Ritz vectors) per geometry
     low_weight: float = 9.0
     batch: int = 8
-    steps: int = 8000
+    steps: int = 3000
     lr: float = 2e-2
     lr_final: float = 1e-3
     channels: int = 16
     c_quarter: int = 8             # unused (kept so older configs load)
-    smoothing: int = 1             # Jacobi sweeps around the learned coarse part (0: purely additive)
+    smoothing: int = 2             # Jacobi sweeps around the learned coarse part (0: purely additive)
     seed: int = 0
     checkpoint_every: int = 100
     minutes: float = 60.0          # wall-clock budget; training stops (and saves) when it runs out
@@ -207,7 +207,7 @@ def load_dcdm(path: str | os.PathLike, map_location: str | torch.device = "cpu")
     """A :class:`DCDMNet` from a weights file written by :func:`save_weights` or a training checkpoint."""
     state = torch.load(path, map_location=map_location, weights_only=False)
     cfg = state.get("config", {})
-    net = DCDMNet(cfg.get("dim", 3), channels=cfg.get("channels", 16), smoothing=cfg.get("smoothing", 1))
+    net = DCDMNet(cfg.get("dim", 3), channels=cfg.get("channels", 16), smoothing=cfg.get("smoothing", 2))
     net.load_state_dict(state["model"])
     net.eval()
     return net
