@@ -35,8 +35,8 @@ def sktime_data_dir() -> Path:
     """The folder of datasets inside the installed sktime package (``ImportError`` without sktime)."""
     spec = importlib.util.find_spec("sktime")
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError("the UCR/UEA loaders read the .ts files shipped inside sktime; install the optional "
-                          "extra: pip install sktime")
+        raise ImportError("the UCR/UEA loaders read the .ts files shipped inside sktime; install "
+                          "the optional extra: pip install sktime")
     return Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data"
 
 
@@ -116,7 +116,8 @@ class TimeSeriesDataset:
         return TimeSeriesDataset(self.name, self.x[idx], self.y[idx], self.times, self.classes)
 
 
-def load_ucr(name: str, data_dir: str | Path | None = None, dtype: torch.dtype = torch.float32) -> TimeSeriesDataset:
+def load_ucr(name: str, data_dir: str | Path | None = None,
+             dtype: torch.dtype = torch.float32) -> TimeSeriesDataset:
     """Load ``name`` (train + test concatenated) from the ``.ts`` files shipped with sktime.
 
     Times are ``t_k = k / (L - 1)`` on ``[0, 1]``. Raises ``ImportError`` without sktime (and no

@@ -85,7 +85,8 @@ def fill_missing(t: Tensor, x: Tensor) -> Tensor:
     xp, xn = x0.gather(1, prev), x0.gather(1, nxt)
     tp, tn = tt.gather(1, prev), tt.gather(1, nxt)
     span = tn - tp
-    w = torch.where(span > 0, (tt - tp) / torch.where(span > 0, span, torch.ones_like(span)), torch.zeros_like(span))
+    safe = torch.where(span > 0, span, torch.ones_like(span))
+    w = torch.where(span > 0, (tt - tp) / safe, torch.zeros_like(span))
     return torch.where(obs, x0, xp + w * (xn - xp))
 
 

@@ -52,7 +52,8 @@ __all__ = ["PathClassifier", "LangevinSDE", "LinearNoiseSDE", "GeometricSDE", "N
            "NeuralCDE", "GRUdt", "MODELS", "build_model"]
 
 
-def mlp(n_in: int, width: int, n_out: int, layers: int, activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
+def mlp(n_in: int, width: int, n_out: int, layers: int,
+        activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
     """``layers`` hidden layers of size ``width`` (``layers = 0``: one linear map)."""
     mods: list[nn.Module] = []
     d = n_in
@@ -119,7 +120,7 @@ class PathClassifier(nn.Module):
         raise NotImplementedError
 
     def forward(self, t: Any, x: Tensor, seed: int | None = None) -> Tensor:
-        """Logits ``(batch, num_classes)`` for observations ``x (batch, L, C)`` (NaN = missing) at ``t (L,)``."""
+        """Logits ``(batch, num_classes)`` of ``x (batch, L, C)`` (NaN: missing) observed at ``t (L,)``."""
         t, x = self.check_input(t, x)
         return self.head(self.features(self.make_path(t, x), seed=seed))
 
@@ -131,7 +132,8 @@ class _SDEClassifier(PathClassifier):
     noise = "diagonal"
 
     def __init__(self, input_channels: int, num_classes: int, hidden_dim: int = 32, width: int = 32,
-                 layers: int = 1, interpolation: Interpolation = "hermite", solver: SDEAlgorithm | None = None,
+                 layers: int = 1, interpolation: Interpolation = "hermite",
+                 solver: SDEAlgorithm | None = None,
                  dt: float | None = None, rtol: float = 1e-2, atol: float = 1e-2):
         super().__init__(input_channels, num_classes, hidden_dim, width, layers, interpolation)
         solver = EulerMaruyama() if solver is None else solver
@@ -165,10 +167,12 @@ class _SDEClassifier(PathClassifier):
             return {"dt": self.dt}
         if self.solver.adaptive:
             return {"rtol": self.rtol, "atol": self.atol}
-        # One step per observation interval: the largest interval, every observation time a stop.
-        return {"dt": float((path.times[1:] - path.times[:-1]).max())}
+        # One step per observation interval: a nominal step of the whole span with every observation
+        # time as a stop (saveat) makes the grid exactly the observation times.
+        return {"dt": path.t1 - path.t0}
 
-    def trajectory(self, t: Any, x: Tensor, seed: int | None = None, saveat: Any = None) -> tuple[Tensor, Tensor]:
+    def trajectory(self, t: Any, x: Tensor, seed: int | None = None,
+                   saveat: Any = None) -> tuple[Tensor, Tensor]:
         """Latent path ``z`` at the observation times (or ``saveat``): ``(ts, zs (n, batch, dz))``."""
         t, x = self.check_input(t, x)
         path = self.make_path(t, x)
@@ -179,7 +183,7 @@ class _SDEClassifier(PathClassifier):
         prob = self.problem(path)
         opts = self.solve_options(path)
         if "saveat" not in extra:
-            extra["saveat"] = [path.t1]
+            extra["saveat"] = path.times
         sol = solve(prob, self.solver, seed=seed, **opts, **extra)
         self.last_solution = sol
         return sol
@@ -209,7 +213,7 @@ class _SDEClassifier(PathClassifier):
 
 
 class _BoundedDiffusion(nn.Module):
-    """``sigma(t)``: ``tanh(sigmoid(theta) ReLU(MLP([sin t, cos t])))`` (bounded) or ``MLP([sin t, cos t])``."""
+    """``sigma(t) = tanh(sigmoid(theta) ReLU(MLP([sin t, cos t])))`` (bounded), else ``MLP(...)``."""
 
     def __init__(self, dim: int, width: int, layers: int, bounded: bool):
         super().__init__()
@@ -228,7 +232,8 @@ class _StableSDE(_SDEClassifier):
     time_in_drift = True
 
     def __init__(self, input_channels: int, num_classes: int, hidden_dim: int = 32, width: int = 32,
-                 layers: int = 1, interpolation: Interpolation = "hermite", solver: SDEAlgorithm | None = None,
+                 layers: int = 1, interpolation: Interpolation = "hermite",
+                 solver: SDEAlgorithm | None = None,
                  dt: float | None = None, rtol: float = 1e-2, atol: float = 1e-2, bounded: bool = True):
         super().__init__(input_channels, num_classes, hidden_dim, width, layers, interpolation, solver, dt,
                          rtol, atol)
@@ -314,7 +319,7 @@ class GeometricSDE(_StableSDE):
             return self.sigma(t, u).expand_as(u)
 
         opts = self.solve_options(path)
-        extra.setdefault("saveat", [path.t1])
+        extra.setdefault("saveat", path.times)
         sol = solve(SDEProblem(fu, gu, u0, prob.tspan, noise="diagonal"), self.solver, seed=seed, **opts,
                     **extra)
         sol.ys = sign * torch.exp(sol.ys)
@@ -327,7 +332,8 @@ class NeuralSDEClassifier(_SDEClassifier):
     "Neural SDE" baseline; diagonal noise, ReLU hidden layers, no bounds, no structure in ``z``)."""
 
     def __init__(self, input_channels: int, num_classes: int, hidden_dim: int = 32, width: int = 32,
-                 layers: int = 1, interpolation: Interpolation = "hermite", solver: SDEAlgorithm | None = None,
+                 layers: int = 1, interpolation: Interpolation = "hermite",
+                 solver: SDEAlgorithm | None = None,
                  dt: float | None = None, rtol: float = 1e-2, atol: float = 1e-2):
         super().__init__(input_channels, num_classes, hidden_dim, width, layers, interpolation, solver, dt,
                          rtol, atol)
