@@ -7,9 +7,11 @@ Measures iterations and wall time (preconditioner/model setup and solve separate
   (b) geometries never seen in training (a sphere, a box, and a random mix; seeds >= 100),
   (c) 64^3 with the 32^3-trained weights (the training geometry and an unseen one),
 
-each with ``--rhs`` right-hand sides (divergence of random smooth velocity fields). Prints one table with
-all solvers side by side (solve-time ratios to CG measured in this process), saves ``results.json`` and
-``residuals.png`` (residual vs iteration, first right-hand side) under ``--out``.
+each with ``--rhs`` right-hand sides (divergence of random smooth velocity fields). The solvers run
+interleaved (each right-hand side by every solver in turn) and times are medians, so that load from other
+processes hits them alike. Prints one table with all solvers side by side (solve-time ratios to CG
+measured in this process), saves ``results.json``, ``table.md`` and ``residuals.png`` (residual vs
+iteration, first right-hand side) under ``--out``.
 
     python benchmarks/linear_solvers.py                  # full grid (a)-(c), 5 right-hand sides
     python benchmarks/linear_solvers.py --quick          # 16^3 / 32^3, 2 right-hand sides
@@ -67,38 +69,41 @@ def _obstacles_of(cfg: TrainConfig, g: int):
 
 
 def run_case(grid, net, nrhs: int, log) -> dict:
+    """Every solver on every right-hand side, interleaved (rhs outer, solver inner) so that load from
+    other processes on a shared machine hits all solvers alike; times are medians over right-hand sides."""
     probs = [poisson_problem(grid, seed=s) for s in range(nrhs)]
     op = as_operator(probs[0])
-    solvers = {"CG": None, "Jacobi-PCG": Jacobi(), "IC(0)-PCG": IC0(), "AMG-PCG": AMG(), "DCDM": "dcdm"}
-    res = {}
-    for name, prec in solvers.items():
+    algs, res = {}, {}
+    for name, prec in {"CG": None, "Jacobi-PCG": Jacobi(), "IC(0)-PCG": IC0(), "AMG-PCG": AMG(),
+                       "DCDM": "dcdm"}.items():
         t0 = time.perf_counter()
         if name == "DCDM":
-            alg = DCDM(net)
+            algs[name] = DCDM(net)
         elif prec is None:
-            alg = CG()
+            algs[name] = CG()
         else:
-            apply = prec.setup(op)  # set up once per matrix, timed here
-            alg = PCG(apply)
-        setup = time.perf_counter() - t0
-        entry = dict(setup_time=setup)
-        for tol in TOLS:
-            its, times, hist = [], [], None
-            for p in probs:
+            algs[name] = PCG(prec.setup(op))  # set up once per matrix, timed here
+        res[name] = dict(setup_time=time.perf_counter() - t0)
+    for tol in TOLS:
+        its = {n: [] for n in algs}
+        times = {n: [] for n in algs}
+        for k, p in enumerate(probs):
+            for name, alg in algs.items():
                 sol = solve(p, alg, rtol=tol, throw=False, check_symmetry=False, maxiter=5000)
-                its.append(sol.iterations if sol.success else float("nan"))
+                its[name].append(sol.iterations if sol.success else float("nan"))
                 # DCDM's own setup (wrapping the network) is inside solve; the geometry gates are
                 # computed in its first iteration, so they count as solve time
-                times.append(sol.stats.solve_time + (sol.stats.setup_time if name == "DCDM" else 0.0))
-                if hist is None:
-                    hist = sol.residuals
-            entry[str(tol)] = dict(iterations=its, mean_iterations=float(np.mean(its)),
-                                   solve_time=times, mean_solve_time=float(np.mean(times)))
-            if tol == TOLS[0]:
-                entry["history"] = hist
-        res[name] = entry
-        log(f"    {name:11s} setup {setup:7.3f}s  iters@1e-6 {entry['1e-06']['mean_iterations']:7.1f}  "
-            f"solve@1e-6 {entry['1e-06']['mean_solve_time']:7.3f}s")
+                times[name].append(sol.stats.solve_time + (sol.stats.setup_time if name == "DCDM" else 0.0))
+                if tol == TOLS[0] and k == 0:
+                    res[name]["history"] = sol.residuals
+        for name in algs:
+            res[name][str(tol)] = dict(iterations=its[name], mean_iterations=float(np.mean(its[name])),
+                                       solve_time=times[name], mean_solve_time=float(np.median(times[name])),
+                                       min_solve_time=float(np.min(times[name])))
+    for name, e in res.items():
+        t6 = e["1e-06"]
+        log(f"    {name:11s} setup {e['setup_time']:7.3f}s  iters@1e-6 {t6['mean_iterations']:7.1f}  "
+            f"solve@1e-6 median {t6['mean_solve_time']:7.3f}s  min {t6['min_solve_time']:7.3f}s")
     return res
 
 
@@ -129,8 +134,8 @@ def main() -> None:
     names = ["CG", "Jacobi-PCG", "IC(0)-PCG", "AMG-PCG", "DCDM"]
     for tol in TOLS:
         key = str(tol)
-        print(f"\nrel. residual {tol:g}: mean iterations | mean solve time s (setup s) | "
-              "solve-time ratio to CG")
+        print(f"\nrel. residual {tol:g}: mean iterations | median solve time s (setup s) | "
+              "ratio of median solve times to CG")
         print(f"{'case':34s}" + "".join(f"{n:>26s}" for n in names))
         for label, r in results.items():
             s = r["solvers"]
@@ -144,13 +149,16 @@ def main() -> None:
     md = []
     for tol in TOLS:
         key = str(tol)
-        md.append(f"\n**||r||/||b|| <= {tol:g}**: mean iterations / mean solve time in s (setup s)\n")
+        md.append(f"\n**||r||/||b|| <= {tol:g}**: mean iterations / median solve time in s (setup s) "
+                  "[ratio of median solve times to CG]\n")
         md.append("| case | n | " + " | ".join(names) + " |")
         md.append("|---|---|" + "---|" * len(names))
         for label, r in results.items():
             s_ = r["solvers"]
+            cg_t = s_["CG"][key]["mean_solve_time"]
             cells = [f"{s_[n][key]['mean_iterations']:.1f} / {s_[n][key]['mean_solve_time']:.3f} "
-                     f"({s_[n]['setup_time']:.2f})" for n in names]
+                     f"({s_[n]['setup_time']:.2f}) [x{s_[n][key]['mean_solve_time'] / cg_t:.2f}]"
+                     for n in names]
             md.append(f"| {label} | {r['n']} | " + " | ".join(cells) + " |")
     (out / "table.md").write_text("\n".join(md) + "\n")
     (out / "results.json").write_text(json.dumps(dict(weights=args.weights, config=state["config"],
