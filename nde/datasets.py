@@ -33,15 +33,23 @@ MISSING_RATES = (0.0, 0.3, 0.5, 0.7)
 
 def sktime_data_dir() -> Path:
     """The folder of datasets inside the installed sktime package (``ImportError`` without sktime)."""
-    spec = importlib.util.find_spec("sktime")
+    spec = _sktime_spec()
     if spec is None or not spec.submodule_search_locations:
         raise ImportError("the UCR/UEA loaders read the .ts files shipped inside sktime; install "
                           "the optional extra: pip install sktime")
     return Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data"
 
 
+def _sktime_spec():
+    try:
+        return importlib.util.find_spec("sktime")
+    except (ValueError, ImportError):      # e.g. sys.modules["sktime"] = None (import blocked)
+        return None
+
+
 def sktime_available() -> bool:
-    return importlib.util.find_spec("sktime") is not None
+    """Whether the optional sktime package (which holds the data files) is installed."""
+    return _sktime_spec() is not None
 
 
 def read_ts(path: str | Path) -> tuple[list[np.ndarray], list[str]]:

@@ -60,20 +60,29 @@ def test_seeded_runs_repeat_and_seeds_differ(name):
 def test_gsde_keeps_sign_of_z():
     torch.manual_seed(2)
     t, x = _data(B=16, L=30)
-    # Large diffusion and a long horizon make Euler-Maruyama's factor (1 + gamma h + sigma dW) go
-    # negative on some steps; the log-space step z exp(...) never changes the sign.
     for log_space in (True, False):
         model = GeometricSDE(2, 2, hidden_dim=8, width=8, log_space=log_space)
         ts, zs = model.trajectory(t, x, seed=0)
-        z0 = zs[0]
         assert zs.shape == (30, 16, 8)
-        assert torch.equal(torch.sign(zs), torch.sign(z0).expand_as(zs))
+        assert torch.equal(torch.sign(zs), torch.sign(zs[0]).expand_as(zs))
+    # Steps of length 5: Euler-Maruyama's factor 1 + gamma h + sigma dW goes negative for some
+    # coordinates, the log-space step z exp((gamma - sigma^2/2) h + sigma dW) never changes the sign.
+    t_long = torch.linspace(0, 50, 11, dtype=torch.float64)
+    x_long = x[:, :11]
+    em = GeometricSDE(2, 2, hidden_dim=8, width=8)
+    logm = GeometricSDE(2, 2, hidden_dim=8, width=8, log_space=True)
+    logm.load_state_dict(em.state_dict())
+    with torch.no_grad():
+        _, z_em = em.trajectory(t_long, x_long, seed=1)
+        _, z_log = logm.trajectory(t_long, x_long, seed=1)
+    assert not torch.equal(torch.sign(z_em), torch.sign(z_em[0]).expand_as(z_em))
+    assert torch.equal(torch.sign(z_log), torch.sign(z_log[0]).expand_as(z_log))
     # Log-space and Euler-Maruyama agree to first order on a fine grid (same model, same Brownian path).
     fine = GeometricSDE(2, 2, hidden_dim=8, width=8, log_space=True, dt=1e-3)
     coarse = GeometricSDE(2, 2, hidden_dim=8, width=8, log_space=False, dt=1e-3)
     coarse.load_state_dict(fine.state_dict())
     with torch.no_grad():
-        _, zf = fine.trajectory(t, x.double() if False else x, seed=5, saveat=[float(t[-1])])
+        _, zf = fine.trajectory(t, x, seed=5, saveat=[float(t[-1])])
         _, zc = coarse.trajectory(t, x, seed=5, saveat=[float(t[-1])])
     rel = (zf - zc).abs().max() / zf.abs().max()
     assert rel < 0.05
