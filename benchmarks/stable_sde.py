@@ -117,9 +117,12 @@ def summarise(runs: list[dict], datasets: list[str], rates: list[float], models:
                 ]
                 if accs:
                     row[str(r)] = {"mean": float(np.mean(accs)), "std": float(np.std(accs)), "n": len(accs)}
-            times = [x["train_time"] for x in runs if x["dataset"] == ds and x["model"] == m]
+            mine = [x for x in runs if x["dataset"] == ds and x["model"] == m]
             if row:
-                table[m] = {"acc": row, "train_time": float(np.mean(times))}
+                # CPU seconds (steadier than wall time on a shared machine), total and per epoch.
+                table[m] = {"acc": row, "train_time": float(np.mean([x["train_time"] for x in mine])),
+                            "fit_cpu": float(np.mean([x["fit_cpu"] for x in mine])),
+                            "cpu_per_epoch": float(np.mean([x["fit_cpu"] / x["epochs_run"] for x in mine]))}
         out[ds] = table
     return out
 
@@ -164,31 +167,32 @@ def goals(summary: dict, rates: list[float]) -> list[str]:
     return lines
 
 
-def table_markdown(ds: str, table: dict, rates: list[float]) -> str:
+def table_markdown(ds: str, table: dict, rates: list[float], n_seeds: int) -> str:
     rs = [str(r) for r in rates]
     head = (
         "| model | "
         + " | ".join(f"{float(r):.0%} missing" for r in rs)
-        + " | drop | train s | vs Neural SDE |"
+        + " | drop | train CPU s | CPU s / epoch | per epoch vs Neural SDE |"
     )
-    lines = [f"**{ds}**", "", head, "|" + "---|" * (len(rs) + 4)]
-    base = table.get("neural_sde", {}).get("train_time")
+    lines = [f"**{ds}**", "", head, "|" + "---|" * (len(rs) + 5)]
+    base = table.get("neural_sde", {}).get("cpu_per_epoch")
     for m, row in table.items():
         cells = []
         for r in rs:
             c = row["acc"].get(r)
-            cells.append(f"{c['mean'] * 100:.1f} ± {c['std'] * 100:.1f}" if c else "-")
+            note = "" if not c or c["n"] == n_seeds else f" (n={c['n']})"
+            cells.append(f"{c['mean'] * 100:.1f} ± {c['std'] * 100:.1f}{note}" if c else "-")
         a = row["acc"]
         drop = (
             f"{(a[rs[0]]['mean'] - a[rs[-1]]['mean']) * 100:+.1f} pp"
             if rs[0] in a and rs[-1] in a and len(rs) > 1
             else "-"
         )
-        ratio = f"{row['train_time'] / base:.2f}x" if base else "-"
+        ratio = f"{row['cpu_per_epoch'] / base:.2f}x" if base else "-"
         lines.append(
             f"| {LABELS.get(m, m)} | "
             + " | ".join(cells)
-            + f" | {drop} | {row['train_time']:.1f} | {ratio} |"
+            + f" | {drop} | {row['fit_cpu']:.1f} | {row['cpu_per_epoch']:.2f} | {ratio} |"
         )
     return "\n".join(lines)
 
@@ -243,6 +247,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--workers", type=int, default=1, help="processes (one thread each)")
     ap.add_argument("--progress", action="store_true", help="tqdm bar per run (with --workers 1)")
     ap.add_argument("--out", default="out/benchmarks/stable_sde")
+    ap.add_argument("--summary-only", action="store_true", help="train nothing: tabulate the runs in --out")
     a = ap.parse_args(argv)
     base = QUICK if a.quick else FULL
     datasets = a.datasets or base["datasets"]
@@ -276,6 +281,8 @@ def main(argv: list[str] | None = None) -> dict:
                     prev = done.get(_key(job))
                     if prev is None or any(prev.get(k) != v for k, v in common.items() if k != "progress"):
                         jobs.append(job)
+    if a.summary_only:
+        jobs = []
     print(
         f"{len(jobs)} runs to do ({len(done)} already in {log}); epochs <= {epochs}, patience {a.patience}, "
         f"lr {a.lr}, hidden {a.hidden}, width {a.width}, workers {a.workers}",
@@ -311,7 +318,7 @@ def main(argv: list[str] | None = None) -> dict:
         "",
     ]
     for ds in datasets:
-        md += [table_markdown(ds, summary[ds], rates), ""]
+        md += [table_markdown(ds, summary[ds], rates, len(seeds)), ""]
     g = goals(summary, rates)
     md += ["goals:", *[f"- {line}" for line in g]]
     text = "\n".join(md)
