@@ -205,3 +205,19 @@ def test_path_is_shared_with_models():
     p = m.make_path(t, x)
     assert isinstance(p, ControlPath) and p.channels == 3
     assert torch.allclose(p.evaluate(t)[..., 0], t.float().expand(5, -1))   # time is channel 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_models_on_gpu(name):
+    torch.manual_seed(8)
+    t, x = _data()
+    cpu = build_model(name, 2, 2, hidden_dim=8, width=8).double()
+    gpu = build_model(name, 2, 2, hidden_dim=8, width=8).double().cuda()
+    gpu.load_state_dict(cpu.state_dict())
+    out = gpu(t, x.double().cuda(), seed=0)
+    assert out.device.type == "cuda" and torch.isfinite(out).all()
+    out.sum().backward()
+    if name in ("neural_cde", "gru_dt"):       # deterministic models: same numbers as on the CPU
+        assert torch.allclose(out.cpu(), cpu(t, x.double(), seed=0), atol=1e-8)
