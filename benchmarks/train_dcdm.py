@@ -47,7 +47,7 @@ def main() -> None:
     ap.add_argument("--channels", type=int, default=d.channels)
     ap.add_argument("--seed", type=int, default=d.seed)
     ap.add_argument("--minutes", type=float, default=d.minutes, help="wall-clock budget")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (the shipped file used 1)")
     ap.add_argument("--checkpoint", default="out/train_dcdm/checkpoint.pt")
     ap.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     ap.add_argument("--weights", default=str(pretrained_path()), help="where to write the trained weights")
