@@ -143,19 +143,31 @@ class ExplicitRungeKutta(Algorithm):
         """All stages of one step. Returns ``(y1_flat, K, g)`` with ``K`` of shape ``(s, n)`` and
         ``g`` the stage inputs of the stiffness pair."""
         tab = self.tableau
-        ks = [k1]
         gi, gj = tab.stiffness_pair
         g: list[Tensor] = [y_flat, y_flat]
         device = y_flat.device
-        for i in range(1, tab.stages):
-            yi = torch.addmv(y_flat, torch.stack(ks, 1), co.a_rows[i], alpha=dt)
-            if i == gi:
-                g[0] = yi
-            elif i == gj:
-                g[1] = yi
-            ki = f(time_tensor(t + co.c[i] * dt, device), yi.view(shape))
-            ks.append(ki.reshape(-1))
-        K = torch.stack(ks)
+        if torch.is_grad_enabled() and (y_flat.requires_grad or k1.requires_grad):
+            # Autograd: stack the stages afresh for each combination (no in-place writes).
+            ks = [k1]
+            for i in range(1, tab.stages):
+                yi = torch.addmv(y_flat, torch.stack(ks).T, co.a_rows[i], alpha=dt)
+                if i == gi:
+                    g[0] = yi
+                elif i == gj:
+                    g[1] = yi
+                ks.append(f(time_tensor(t + co.c[i] * dt, device), yi.view(shape)).reshape(-1))
+            K = torch.stack(ks)
+        else:
+            # No graph to keep: write the stages into one buffer (one copy each, no re-stacking).
+            K = torch.empty((tab.stages, y_flat.numel()), dtype=y_flat.dtype, device=device)
+            K[0] = k1
+            for i in range(1, tab.stages):
+                yi = torch.addmv(y_flat, K[:i].T, co.a_rows[i], alpha=dt)
+                if i == gi:
+                    g[0] = yi
+                elif i == gj:
+                    g[1] = yi
+                K[i] = f(time_tensor(t + co.c[i] * dt, device), yi.view(shape)).reshape(-1)
         if tab.fsal:
             y1 = g[1] if gj == tab.stages - 1 else torch.addmv(y_flat, K[:-1].T, co.b[:-1], alpha=dt)
         else:
