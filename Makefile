@@ -24,6 +24,7 @@ demo: setup
 	$(PYTHON) examples/ode_internals.py --quick --out out/examples/ode_internals
 	$(PYTHON) examples/integral_rl_control.py --quick --out out/examples/integral_rl_control
 	$(PYTHON) examples/neural_ode_regularization.py --quick --out out/examples/neural_ode_regularization
+	$(PYTHON) examples/poisson_pressure_solve.py --quick --out out/examples/poisson_pressure_solve
 
 # One pytest worker per core; each worker runs torch with one thread (tests/conftest.py).
 test: setup
@@ -40,6 +41,7 @@ bench: setup
 	$(PYTHON) benchmarks/intrl.py --out out/benchmarks/intrl
 	$(PYTHON) benchmarks/sde_overhead.py --out out/benchmarks/sde_overhead
 	$(PYTHON) benchmarks/regularization.py --quick --out out/benchmarks/regularization
+	$(PYTHON) benchmarks/linear_solvers.py --out out/benchmarks/linear_solvers
 
 lint: setup
 	$(BIN)/ruff check .

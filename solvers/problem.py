@@ -138,9 +138,11 @@ class LinearProblem:
                 raise ValueError(f"A must be 2-D, got shape {tuple(A.shape)}")
             if A.shape[0] != A.shape[1]:
                 raise ValueError(f"A must be square, got shape {tuple(A.shape)}")
-            values = A.values() if A.layout in (torch.sparse_coo, torch.sparse_csr) else A
-            if A.layout == torch.sparse_coo and not A.is_coalesced():
+            # values() of an uncoalesced COO tensor raises: coalesce first.
+            if A.layout == torch.sparse_coo:
                 values = A.coalesce().values()
+            else:
+                values = A.values() if A.layout == torch.sparse_csr else A
             check_finite("A", values)
         elif _is_scipy_sparse(A):
             if len(A.shape) != 2 or A.shape[0] != A.shape[1]:
