@@ -215,3 +215,12 @@ def test_cg_and_dcdm_on_gpu():
     assert torch.allclose(gpu.x.cpu(), cpu.x, atol=1e-6 * float(cpu.x.abs().max()))
     sol = solve(p, DCDM(DCDMNet(3).cuda()), rtol=1e-6)
     assert sol.success and sol.x.is_cuda
+
+
+def test_uncoalesced_sparse_coo_is_accepted():
+    # Duplicate entries sum: A = diag(2, 2.5); an uncoalesced COO tensor must not be rejected.
+    idx = torch.tensor([[0, 0, 1, 1], [0, 0, 1, 1]])
+    A = torch.sparse_coo_tensor(idx, torch.tensor([1.0, 1.0, 2.0, 0.5], dtype=torch.float64), (2, 2))
+    assert not A.is_coalesced()
+    sol = solve(LinearProblem(A, torch.ones(2, dtype=torch.float64)), CG(), rtol=1e-12)
+    torch.testing.assert_close(sol.x, torch.tensor([0.5, 0.4], dtype=torch.float64))
