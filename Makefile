@@ -25,6 +25,8 @@ demo: setup
 	$(PYTHON) examples/integral_rl_control.py --quick --out out/examples/integral_rl_control
 	$(PYTHON) examples/neural_ode_regularization.py --quick --out out/examples/neural_ode_regularization
 	$(PYTHON) examples/poisson_pressure_solve.py --quick --out out/examples/poisson_pressure_solve
+	$(PYTHON) examples/lagrangian_pinn_convection.py --quick --out out/examples/lagrangian_pinn_convection
+	$(PYTHON) examples/burgers.py --quick --out out/examples/burgers
 
 # One pytest worker per core; each worker runs torch with one thread (tests/conftest.py).
 test: setup
@@ -42,6 +44,7 @@ bench: setup
 	$(PYTHON) benchmarks/sde_overhead.py --out out/benchmarks/sde_overhead
 	$(PYTHON) benchmarks/regularization.py --quick --out out/benchmarks/regularization
 	$(PYTHON) benchmarks/linear_solvers.py --out out/benchmarks/linear_solvers
+	$(PYTHON) benchmarks/pinn_failure_modes.py --quick --out out/benchmarks/pinn_failure_modes
 
 lint: setup
 	$(BIN)/ruff check .
