@@ -146,12 +146,11 @@ def test_ucr_loaders(name, shape, classes):
     assert abs(float(nan_frac) - int(shape[1] * 0.3) / shape[1]) < 1e-6
 
 
-@pytest.mark.slow
 @needs_sktime
 def test_short_gunpoint_training_beats_chance():
     """LSDE, 30 epochs on GunPoint (30 test series, chance 50%): P(>= 21/30 | chance) ~ 2%.
 
-    About 35 s on a quiet core (65 s on the shared CI machine), hence slow; measured test accuracy 0.80.
+    About 25 s on a quiet core (65 s measured under heavy contention); measured test accuracy 0.80.
     """
     torch.manual_seed(0)
     s = prepare(load_ucr("GunPoint"), 0.0, seed=0)
