@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
 	# torch first, pinned: an unpinned torch pulls a multi-GB CUDA build.
 	$(PYTHON) -m pip install -q torch==2.13.0
-	$(PYTHON) -m pip install -q -e ".[test,docs]"
+	$(PYTHON) -m pip install -q -e ".[test,docs,data]"
 	touch $(STAMP)
 
 demo: setup
@@ -27,6 +27,7 @@ demo: setup
 	$(PYTHON) examples/poisson_pressure_solve.py --quick --out out/examples/poisson_pressure_solve
 	$(PYTHON) examples/lagrangian_pinn_convection.py --quick --out out/examples/lagrangian_pinn_convection
 	$(PYTHON) examples/burgers.py --quick --out out/examples/burgers
+	$(PYTHON) examples/irregular_time_series.py --quick --out out/examples/irregular_time_series
 
 # One pytest worker per core; each worker runs torch with one thread (tests/conftest.py).
 test: setup
@@ -45,6 +46,7 @@ bench: setup
 	$(PYTHON) benchmarks/regularization.py --quick --out out/benchmarks/regularization
 	$(PYTHON) benchmarks/linear_solvers.py --out out/benchmarks/linear_solvers
 	$(PYTHON) benchmarks/pinn_failure_modes.py --quick --out out/benchmarks/pinn_failure_modes
+	$(PYTHON) benchmarks/stable_sde.py --quick --out out/benchmarks/stable_sde
 
 lint: setup
 	$(BIN)/ruff check .

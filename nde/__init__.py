@@ -16,6 +16,7 @@
 """
 
 from .models import NeuralODE, NeuralSDE
+from .paths import ControlPath, hermite_path, linear_path
 from .regularization import (
     RNODE,
     STEER,
@@ -32,7 +33,20 @@ from .regularization import (
     global_error,
     global_stiffness,
 )
+from .stable_sde import (
+    GeometricSDE,
+    GRUdt,
+    LangevinSDE,
+    LinearNoiseSDE,
+    NeuralCDE,
+    NeuralSDEClassifier,
+    build_model,
+)
+from .training import TrainConfig, evaluate, fit
 
 __all__ = ["NeuralODE", "NeuralSDE", "Regularizer", "GlobalError", "GlobalStiffness", "GlobalCombined",
            "LocalRegularizer", "STEER", "RNODE", "TayNODE", "Schedule", "Constant", "ExponentialDecay",
-           "global_error", "global_stiffness", "global_combined"]
+           "global_error", "global_stiffness", "global_combined",
+           "ControlPath", "linear_path", "hermite_path",
+           "LangevinSDE", "LinearNoiseSDE", "GeometricSDE", "NeuralSDEClassifier", "NeuralCDE", "GRUdt",
+           "build_model", "TrainConfig", "fit", "evaluate"]
