@@ -187,14 +187,19 @@ def test_a_few_steps_lower_the_nfe(make):
         m(y0)
     nfe0 = m.nfe_forward
     opt = torch.optim.Adam(m.parameters(), lr=2e-2)
-    for _ in range(15):
+    nfes = []
+    for _ in range(30):
         opt.zero_grad()
         m(y0, regularizer=reg)
         (m.reg_loss / m.reg_raw.detach().clamp_min(1e-12)).backward()  # normalised: a fixed-size step
         opt.step()
-    with torch.no_grad():
-        m(y0)
-    assert m.nfe_forward < 0.85 * nfe0, (nfe0, m.nfe_forward)
+        with torch.no_grad():
+            m(y0)
+        nfes.append(m.nfe_forward)
+    # The NFE of an adaptive solve moves in steps of 6 and jumps around from one update to the next (and
+    # between platforms): judge the typical NFE over the last third of the run, not one sample.
+    late = sorted(nfes[-10:])[len(nfes[-10:]) // 2]
+    assert late < 0.85 * nfe0, (nfe0, nfes)
 
 
 def test_local_regularisation_with_adjoint_backward():
