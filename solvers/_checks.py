@@ -107,3 +107,18 @@ def check_saveat(saveat: Any, t0: float, t1: float) -> list[float]:
     if bool(((st[1:] - st[:-1]) * direction < 0).any()):
         raise ValueError("saveat must be ordered along the direction of integration")
     return [min(max(s, lo), hi) for s in st.tolist()]
+
+
+def fixed_step(options: Mapping[str, Any], adaptive: bool, method: str) -> float | None:
+    """The ``dt=`` option: a fixed step size (``None`` for an adaptive solve), validated."""
+    dt = options.get("dt")
+    if dt is None:
+        if not adaptive:
+            raise ValueError(f"{method} has no error estimator: pass a fixed step dt=")
+        return None
+    dt = float(dt)
+    if not (math.isfinite(dt) and dt > 0):
+        raise ValueError(f"dt must be a finite positive step size, got {options['dt']!r}")
+    if options.get("controller") is not None:
+        raise ValueError("dt= selects fixed steps; do not pass a controller with it")
+    return dt

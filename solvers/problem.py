@@ -14,8 +14,32 @@ from torch import Tensor
 from ._checks import check_finite, check_floating, check_span
 
 
+class _TimeSpan:
+    """``t0`` and ``t1`` of a problem with a ``tspan``."""
+
+    tspan: tuple[float, float]
+
+    @property
+    def t0(self) -> float:
+        return self.tspan[0]
+
+    @property
+    def t1(self) -> float:
+        return self.tspan[1]
+
+
+def check_initial_state(y0: Tensor) -> None:
+    """An initial state: a finite, non-empty floating tensor of shape ``(*batch, d)``."""
+    check_floating("y0", y0)
+    if y0.dim() == 0:
+        raise ValueError("y0 must have at least one dimension (shape (*batch, d)); got a 0-d tensor")
+    if y0.numel() == 0:
+        raise ValueError(f"y0 is empty (shape {tuple(y0.shape)})")
+    check_finite("y0", y0)
+
+
 @dataclass(frozen=True)
-class ODEProblem:
+class ODEProblem(_TimeSpan):
     """The initial value problem ``dy/dt = f(t, y)``, ``y(t0) = y0`` on ``tspan = (t0, t1)``.
 
     Args:
@@ -37,23 +61,10 @@ class ODEProblem:
     def __post_init__(self) -> None:
         if not callable(self.f):
             raise TypeError(f"f must be callable, got {type(self.f).__name__}")
-        check_floating("y0", self.y0)
-        if self.y0.dim() == 0:
-            raise ValueError("y0 must have at least one dimension (shape (*batch, d)); got a 0-d tensor")
-        if self.y0.numel() == 0:
-            raise ValueError(f"y0 is empty (shape {tuple(self.y0.shape)})")
-        check_finite("y0", self.y0)
+        check_initial_state(self.y0)
         object.__setattr__(self, "tspan", check_span(self.tspan))
         if self.analytic is not None and not callable(self.analytic):
             raise TypeError("analytic must be callable or None")
-
-    @property
-    def t0(self) -> float:
-        return self.tspan[0]
-
-    @property
-    def t1(self) -> float:
-        return self.tspan[1]
 
     def replace(self, **changes) -> ODEProblem:
         """A copy with some fields changed (e.g. another ``y0`` or ``tspan``)."""
@@ -187,7 +198,7 @@ _SDE_TYPES = ("ito", "stratonovich")
 
 
 @dataclass(frozen=True)
-class SDEProblem:
+class SDEProblem(_TimeSpan):
     """The stochastic initial value problem ``dy = f(t, y) dt + g(t, y) dW``, ``y(t0) = y0``.
 
     Shapes follow torchsde's conventions so the same functions run under both libraries:
@@ -227,12 +238,7 @@ class SDEProblem:
             raise TypeError(f"f (drift) must be callable, got {type(self.f).__name__}")
         if not callable(self.g):
             raise TypeError(f"g (diffusion) must be callable, got {type(self.g).__name__}")
-        check_floating("y0", self.y0)
-        if self.y0.dim() == 0:
-            raise ValueError("y0 must have at least one dimension (shape (*batch, d)); got a 0-d tensor")
-        if self.y0.numel() == 0:
-            raise ValueError(f"y0 is empty (shape {tuple(self.y0.shape)})")
-        check_finite("y0", self.y0)
+        check_initial_state(self.y0)
         object.__setattr__(self, "tspan", check_span(self.tspan, allow_reversed=False))
         if self.noise not in _SDE_NOISE_TYPES:
             raise ValueError(f"noise must be one of {', '.join(_SDE_NOISE_TYPES)}; got {self.noise!r}")
@@ -248,14 +254,6 @@ class SDEProblem:
                 raise ValueError(f"diagonal noise needs brownian_size = d = {self.y0.shape[-1]}, got {m}")
         if self.analytic is not None and not callable(self.analytic):
             raise TypeError("analytic must be callable or None")
-
-    @property
-    def t0(self) -> float:
-        return self.tspan[0]
-
-    @property
-    def t1(self) -> float:
-        return self.tspan[1]
 
     def replace(self, **changes) -> SDEProblem:
         """A copy with some fields changed (e.g. another ``y0`` or ``tspan``)."""

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._checks import check_finite, check_options, check_saveat, step_options
+from .._checks import check_finite, check_options, check_saveat, fixed_step, step_options
 from ..problem import ODEProblem
 from ..solution import ReturnCode, Solution, SolverError, Stats, StepTrace, as_time_tensor
 from .controllers import ConstantStepSize, Controller, PIController
@@ -67,18 +67,11 @@ class ODEIntegrator:
         y0 = problem.y0
         self.shape = y0.shape
 
-        dt = options.get("dt")
+        dt = fixed_step(options, algorithm.adaptive, type(algorithm).__name__)
         self.fixed = dt is not None
         if self.fixed:
-            dt = float(dt)
-            if not (math.isfinite(dt) and dt > 0):
-                raise ValueError(f"dt must be a finite positive step size, got {options['dt']!r}")
-            if options.get("controller") is not None:
-                raise ValueError("dt= selects fixed steps; do not pass a controller with it")
             self.controller: Controller = ConstantStepSize()
         else:
-            if not algorithm.adaptive:
-                raise ValueError(f"{type(algorithm).__name__} has no error estimator: pass a fixed step dt=")
             ctrl = options.get("controller") or algorithm.default_controller()
             if not isinstance(ctrl, Controller):
                 raise TypeError(f"controller must be a Controller, got {type(ctrl).__name__}")

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._checks import check_finite, check_options, check_saveat, step_options
+from .._checks import check_finite, check_options, check_saveat, fixed_step, step_options
 from ..ode.controllers import Controller
 from ..ode.integrator import initial_step
 from ..ode.runge_kutta import time_tensor
@@ -86,16 +86,8 @@ class SDEIntegrator:
         if saveat is not None:
             self.saveat = check_saveat(saveat, t0, t1)
 
-        dt = options.get("dt")
+        dt = fixed_step(options, alg.adaptive, type(alg).__name__)
         self.fixed = dt is not None
-        if self.fixed:
-            dt = float(dt)
-            if not (math.isfinite(dt) and dt > 0):
-                raise ValueError(f"dt must be a finite positive step size, got {options['dt']!r}")
-            if options.get("controller") is not None:
-                raise ValueError("dt= selects fixed steps; do not pass a controller with it")
-        elif not alg.adaptive:
-            raise ValueError(f"{type(alg).__name__} has no error estimator: pass a fixed step dt=")
         self.dt_opt = dt
         ctrl = options.get("controller") or (None if self.fixed else alg.default_controller())
         if ctrl is not None and not isinstance(ctrl, Controller):
