@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from solvers._checks import check_options
 from solvers.algorithm import Algorithm
-from solvers.solution import ReturnCode, Stats
+from solvers.solution import RetcodeResult, ReturnCode, Stats
 
 from .networks import MLP, SpaceTimeEmbedding
 from .problem import PDEProblem
@@ -76,7 +76,7 @@ def relative_l2(u: Tensor, ref: Tensor) -> float:
     return float(torch.linalg.norm(u - ref) / torch.linalg.norm(ref))
 
 
-class PINNSolution:
+class PINNSolution(RetcodeResult):
     """Result of a PINN solve: ``sol.u(x, t)`` (or ``sol(x, t)``), ``retcode``, ``stats``.
 
     ``stats`` holds ``history`` (dict of lists: iteration, phase, time, loss, loss terms, monitors),
@@ -93,14 +93,6 @@ class PINNSolution:
         self.stats = stats
         self.dtype = dtype
         self.device = device
-
-    @property
-    def success(self) -> bool:
-        return self.retcode.success
-
-    @property
-    def message(self) -> str:
-        return self.retcode.message
 
     def _evaluate(self, x: Tensor, t: Tensor) -> Tensor:
         with torch.no_grad():

@@ -12,11 +12,11 @@ from torch import Tensor
 
 from solvers.algorithm import Algorithm
 from solvers.problem import IntegralProblem
-from solvers.solution import ReturnCode, Stats
+from solvers.solution import RetcodeResult, ReturnCode, Stats
 
 
 @dataclass
-class IntegralSolution:
+class IntegralSolution(RetcodeResult):
     """Result of ``solve(IntegralProblem(...), rule)``.
 
     Attributes:
@@ -46,9 +46,6 @@ class IntegralSolution:
     def std(self) -> Tensor | None:
         return None if self.variance is None else self.variance.clamp_min(0).sqrt()
 
-    @property
-    def success(self) -> bool:
-        return self.retcode.success
 
 
 def as_values(values: Any) -> tuple[Tensor, bool]:

@@ -36,7 +36,7 @@ from solvers import ODEProblem, Tsit5
 from solvers import solve as ode_solve
 from solvers._checks import check_finite, check_floating, check_options, check_tolerance
 from solvers.algorithm import Algorithm
-from solvers.solution import ReturnCode, SolverError, Stats
+from solvers.solution import RetcodeResult, ReturnCode, SolverError, Stats
 
 from ._base import QuadratureRule, check_n
 from .bayesian import BayesianQuadrature
@@ -352,7 +352,7 @@ def f16_short_period() -> ControlAffineProblem:
 
 
 @dataclass
-class PolicyIterationSolution:
+class PolicyIterationSolution(RetcodeResult):
     """Result of integral policy iteration.
 
     Attributes:
@@ -375,10 +375,6 @@ class PolicyIterationSolution:
     detail: str = ""
     final_state: Tensor | None = None
     condition_history: list[float] = field(default_factory=list)
-
-    @property
-    def success(self) -> bool:
-        return self.retcode.success
 
     @property
     def P(self) -> Tensor:

@@ -52,6 +52,20 @@ _MESSAGES = {
 }
 
 
+class RetcodeResult:
+    """``success`` and ``message`` for any result object that carries a ``retcode``."""
+
+    retcode: ReturnCode
+
+    @property
+    def success(self) -> bool:
+        return self.retcode.success
+
+    @property
+    def message(self) -> str:
+        return self.retcode.message
+
+
 class SolverError(RuntimeError):
     """A solve failed. Carries the return code, the time reached and the last step size."""
 
@@ -142,7 +156,7 @@ class StepTrace:
                          self.stiffness_estimate[m], self.stability_size)
 
 
-class Solution:
+class Solution(RetcodeResult):
     """The result of an ODE solve.
 
     Attributes:
@@ -171,14 +185,6 @@ class Solution:
         self.y_final = y_final
         self.problem = problem
         self.algorithm = algorithm
-
-    @property
-    def success(self) -> bool:
-        return self.retcode.success
-
-    @property
-    def message(self) -> str:
-        return self.retcode.message
 
     def __call__(self, t: float | Tensor) -> Tensor:
         if self.interpolant is None:

@@ -7,11 +7,11 @@ from typing import Any
 
 from torch import Tensor
 
-from ..solution import ReturnCode, Stats
+from ..solution import RetcodeResult, ReturnCode, Stats
 
 
 @dataclass
-class LinearSolution:
+class LinearSolution(RetcodeResult):
     """Solution of ``A x = b``.
 
     Attributes:
@@ -30,9 +30,6 @@ class LinearSolution:
     problem: Any = None
     algorithm: Any = None
 
-    @property
-    def success(self) -> bool:
-        return self.retcode.success
 
     @property
     def iterations(self) -> int:
