@@ -90,7 +90,26 @@ class _CountedField(nn.Module):
         return self.func(t, y)
 
 
-class NeuralODE(nn.Module):
+class _CountsEvaluations:
+    """NFE read-outs of a model that owns a ``counter`` (:class:`_Counter`)."""
+
+    counter: _Counter
+
+    @property
+    def nfe_forward(self) -> int:
+        return self.counter.forward
+
+    @property
+    def nfe_backward(self) -> int:
+        """Evaluations made by the backward pass (adjoint); 0 for backprop (no re-evaluation)."""
+        return self.counter.backward
+
+    @property
+    def nfe_regularizer(self) -> int:
+        return self.counter.regularizer
+
+
+class NeuralODE(_CountsEvaluations, nn.Module):
     """``y(t) = y0 + int_t0^t f_theta(s, y(s)) ds`` as a module (Chen et al., NeurIPS 2018).
 
     Args:
@@ -138,20 +157,6 @@ class NeuralODE(nn.Module):
         self.last_solution: Solution | None = None
         self.reg_loss: Tensor | None = None
         self.reg_raw: Tensor | None = None
-
-    # -- counters --------------------------------------------------------------------------------
-    @property
-    def nfe_forward(self) -> int:
-        return self.counter.forward
-
-    @property
-    def nfe_backward(self) -> int:
-        """Evaluations made by the backward pass (adjoint); 0 for backprop (no re-evaluation)."""
-        return self.counter.backward
-
-    @property
-    def nfe_regularizer(self) -> int:
-        return self.counter.regularizer
 
     @property
     def adaptive_solver(self) -> ExplicitRungeKutta:
@@ -248,7 +253,7 @@ class _SDEModule(nn.Module):
         return self.diffusion(t, y)
 
 
-class NeuralSDE(nn.Module):
+class NeuralSDE(_CountsEvaluations, nn.Module):
     """``dy = f_theta(t, y) dt + g_theta(t, y) dW`` as a module (Tzen & Raginsky 2019; Li et al. 2020).
 
     Args:
@@ -297,20 +302,8 @@ class NeuralSDE(nn.Module):
         return self.sde.diffusion
 
     @property
-    def nfe_forward(self) -> int:
-        return self.counter.forward
-
-    @property
     def nge_forward(self) -> int:
         return self.sde.ngev["forward"]
-
-    @property
-    def nfe_backward(self) -> int:
-        return self.counter.backward
-
-    @property
-    def nfe_regularizer(self) -> int:
-        return self.counter.regularizer
 
     @property
     def adaptive_solver(self) -> SDEAlgorithm:
