@@ -33,7 +33,7 @@ pooled geometry that output the positive diagonal gates ``G_l = 2 sigmoid(.)`` (
 let the coarse correction adapt to obstacles and open faces (the role of the mask input of Lan et al.,
 ICML 2024). Symmetric sweeps around a positive coarse correction, with ``omega < 1`` and
 ``lambda(D^{-1} A) <= 2``, make the cycle SPD for every weight (Hackbusch, *Multi-Grid Methods and
-Applications*, 1985, Ch. 7; the symmetric two-grid operator is
+Applications*, 1985; the symmetric two-grid operator is
 ``K + K^T - K^T A K + (I - K^T A) P B P^T (I - A K)`` with ``B`` SPD).
 
 At initialisation (``omega`` spread over ``[0.55, 0.8]``, ``kappa = 1.5``, ``w = 2/3``, gates 1) the
