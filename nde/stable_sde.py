@@ -20,7 +20,13 @@ Bounded ("reference-code") parameterisation, the default (``bounded=True``), as 
 ``gamma = tanh(MLP(...))`` in ``(-1, 1)`` and ``sigma(t) = tanh(sigmoid(theta) * ReLU(MLP([sin t, cos t])))``
 in ``[0, 1)``, one value per latent coordinate (diagonal noise). ``bounded=False`` drops the final
 ``tanh`` of ``gamma`` and uses ``sigma(t) = MLP([sin t, cos t])`` unconstrained. A classification head
-(MLP) reads ``z(t_end)``.
+reads ``z(t_end)``: ``Linear, BatchNorm1d, ReLU, Linear``, the authors' head without its dropout (the
+batch normalisation matters: a bounded drift on ``[0, 1]`` moves ``z`` by less than one unit, and the
+head must read small differences of ``z(t_end)`` between series).
+
+Time scale: the SDE runs in ``s = c (t - t_0)``; ``time_scale=c`` (default 1: the data's own time)
+or ``"interval"`` (one unit per mean observation interval, the time axis ``0..L-1`` of the authors'
+code). Solved in data time, that is ``dz = c f dt + sqrt(c) g dW``.
 
 Baselines: :class:`NeuralSDEClassifier` (the naive neural SDE: unconstrained MLP drift of
 ``(t, z~)`` and MLP diffusion of ``(t, z)``), :class:`NeuralCDE` (``dz = f(z) dX(t)``, Kidger, Morrill,
@@ -94,7 +100,9 @@ class PathClassifier(nn.Module):
         self.num_classes = num_classes
         self.hidden_dim = hidden_dim
         self.interpolation = interpolation
-        self.head = nn.Sequential(nn.Linear(hidden_dim, width), nn.ReLU(), nn.Linear(width, num_classes))
+        # The authors' head (Linear, BatchNorm1d, ReLU, Dropout, Linear) without the dropout.
+        self.head = nn.Sequential(nn.Linear(hidden_dim, width), nn.BatchNorm1d(width), nn.ReLU(),
+                                  nn.Linear(width, num_classes))
 
     def check_input(self, t: Any, x: Tensor) -> tuple[Tensor, Tensor]:
         """Validate ``t (L,)`` and ``x (batch, L, C)``; returns them as tensors on the model's device."""
@@ -134,8 +142,13 @@ class _SDEClassifier(PathClassifier):
     def __init__(self, input_channels: int, num_classes: int, hidden_dim: int = 32, width: int = 32,
                  layers: int = 1, interpolation: Interpolation = "hermite",
                  solver: SDEAlgorithm | None = None,
-                 dt: float | None = None, rtol: float = 1e-2, atol: float = 1e-2):
+                 dt: float | None = None, rtol: float = 1e-2, atol: float = 1e-2,
+                 time_scale: float | str = 1.0):
         super().__init__(input_channels, num_classes, hidden_dim, width, layers, interpolation)
+        if not (time_scale == "interval" or (isinstance(time_scale, (int, float)) and time_scale > 0)):
+            raise ValueError(f"time_scale must be 'interval' or a number > 0, got {time_scale!r}")
+        self.time_scale = time_scale
+        self._c = 1.0
         solver = EulerMaruyama() if solver is None else solver
         if not isinstance(solver, SDEAlgorithm):
             raise TypeError(f"solver must be a solvers.sde method, got {type(solver).__name__}")
@@ -156,11 +169,34 @@ class _SDEClassifier(PathClassifier):
     def g(self, t: Tensor, z: Tensor) -> Tensor:  # pragma: no cover
         raise NotImplementedError
 
+    def scale_for(self, path: ControlPath) -> float:
+        """The time scale ``c``: the SDE runs in ``s = c (t - t_0)`` (see :meth:`problem`)."""
+        if self.time_scale == "interval":
+            n = len(path.times) - 1
+            return n / (path.t1 - path.t0) if n > 0 else 1.0
+        return float(self.time_scale)
+
+    def drift_term(self, t: Tensor, z: Tensor) -> Tensor:
+        """``c f(t, z)``: the drift of the solved SDE (data time ``t``, time-changed by ``c``)."""
+        return self._c * self.f(t, z)
+
+    def diffusion_term(self, t: Tensor, z: Tensor) -> Tensor:
+        """``sqrt(c) g(t, z)``: the diffusion of the solved SDE."""
+        return self._c ** 0.5 * self.g(t, z)
+
     def problem(self, path: ControlPath) -> SDEProblem:
-        """The SDE on ``[t_0, t_end]`` for this path (sets the path the vector fields read)."""
+        """The SDE on ``[t_0, t_end]`` for this path (sets the path the vector fields read).
+
+        ``f`` and ``g`` are the vector fields in the time ``s = c (t - t_0)``, ``c = time_scale``
+        (default ``"interval"``: one unit of ``s`` per mean observation interval, the time axis
+        ``0, 1, ..., L - 1`` of the authors' code). Solved in the data time ``t``, that is the SDE
+        ``dz = c f(t, z) dt + sqrt(c) g(t, z) dW_t`` (the same law as ``dz = f ds + g dW_s``): the grid,
+        ``saveat`` and the solution times stay the observation times.
+        """
         self._path = path
+        self._c = self.scale_for(path)
         z0 = self.initial(path.evaluate(path.times[0]))
-        return SDEProblem(self.f, self.g, z0, (path.t0, path.t1), noise=self.noise)
+        return SDEProblem(self.drift_term, self.diffusion_term, z0, (path.t0, path.t1), noise=self.noise)
 
     def solve_options(self, path: ControlPath) -> dict[str, Any]:
         if self.dt is not None:
@@ -204,10 +240,10 @@ class _SDEClassifier(PathClassifier):
                 self.model = outer
 
             def f(self, t: Tensor, z: Tensor) -> Tensor:
-                return outer.f(t.to(torch.float64), z)
+                return outer.drift_term(t.to(torch.float64), z)
 
             def g(self, t: Tensor, z: Tensor) -> Tensor:
-                return outer.g(t.to(torch.float64), z)
+                return outer.diffusion_term(t.to(torch.float64), z)
 
         return _TorchSDE()
 
@@ -234,9 +270,10 @@ class _StableSDE(_SDEClassifier):
     def __init__(self, input_channels: int, num_classes: int, hidden_dim: int = 32, width: int = 32,
                  layers: int = 1, interpolation: Interpolation = "hermite",
                  solver: SDEAlgorithm | None = None,
-                 dt: float | None = None, rtol: float = 1e-2, atol: float = 1e-2, bounded: bool = True):
+                 dt: float | None = None, rtol: float = 1e-2, atol: float = 1e-2, bounded: bool = True,
+                 time_scale: float | str = 1.0):
         super().__init__(input_channels, num_classes, hidden_dim, width, layers, interpolation, solver, dt,
-                         rtol, atol)
+                         rtol, atol, time_scale)
         self.bounded = bounded
         self.drift_net = mlp(2 * hidden_dim + (1 if self.time_in_drift else 0), width, hidden_dim, layers)
         self.sigma = _BoundedDiffusion(hidden_dim, width, layers, bounded)
@@ -310,13 +347,15 @@ class GeometricSDE(_StableSDE):
         sign = torch.where(sign == 0, torch.ones_like(sign), sign)
         u0 = torch.log(prob.y0.abs().clamp_min(torch.finfo(prob.y0.dtype).tiny))
 
+        c = self._c
+
         def fu(t: Tensor, u: Tensor) -> Tensor:
             z = sign * torch.exp(u)
             s = self.sigma(t, z)
-            return self.rate(t, z) - 0.5 * s * s
+            return c * (self.rate(t, z) - 0.5 * s * s)
 
         def gu(t: Tensor, u: Tensor) -> Tensor:
-            return self.sigma(t, u).expand_as(u)
+            return c ** 0.5 * self.sigma(t, u).expand_as(u)
 
         opts = self.solve_options(path)
         extra.setdefault("saveat", path.times)
@@ -334,9 +373,10 @@ class NeuralSDEClassifier(_SDEClassifier):
     def __init__(self, input_channels: int, num_classes: int, hidden_dim: int = 32, width: int = 32,
                  layers: int = 1, interpolation: Interpolation = "hermite",
                  solver: SDEAlgorithm | None = None,
-                 dt: float | None = None, rtol: float = 1e-2, atol: float = 1e-2):
+                 dt: float | None = None, rtol: float = 1e-2, atol: float = 1e-2,
+                 time_scale: float | str = 1.0):
         super().__init__(input_channels, num_classes, hidden_dim, width, layers, interpolation, solver, dt,
-                         rtol, atol)
+                         rtol, atol, time_scale)
         self.drift_net = mlp(2 * hidden_dim + 1, width, hidden_dim, layers)
         self.diffusion_net = mlp(hidden_dim + 1, width, hidden_dim, layers)
 

@@ -134,6 +134,8 @@ def fit(model: nn.Module, train: SeriesData, val: SeriesData, config: TrainConfi
         return res
     n = len(train.y)
     n_batches = (n + cfg.batch_size - 1) // cfg.batch_size
+    if n_batches > 1 and n % cfg.batch_size == 1:
+        n_batches -= 1   # a last batch of one sample joins the one before (BatchNorm needs two in training)
     end_epoch = cfg.epochs
     if cfg.max_epochs_this_call is not None:
         end_epoch = min(cfg.epochs, start_epoch + cfg.max_epochs_this_call)
@@ -144,7 +146,7 @@ def fit(model: nn.Module, train: SeriesData, val: SeriesData, config: TrainConfi
         perm = torch.randperm(n, generator=gen)
         tot = 0.0
         for b in range(n_batches):
-            idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size if b < n_batches - 1 else n]
             xb, yb = train.x[idx].to(dev), train.y[idx].to(dev)
             logits = model(train.times, xb, seed=step_seed(cfg.seed, epoch, b))
             loss = nn.functional.cross_entropy(logits, yb)

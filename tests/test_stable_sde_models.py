@@ -144,11 +144,12 @@ def test_bounded_parameterisation():
     assert unb.f(torch.tensor(0.3, dtype=torch.float64), torch.randn(5, 8) * 10).abs().max() > 1
 
 
+@pytest.mark.parametrize("time_scale", [1.0, 4.0])
 @pytest.mark.parametrize("cls", [LangevinSDE, LinearNoiseSDE, GeometricSDE, NeuralSDEClassifier])
-def test_matches_torchsde_euler(cls):
+def test_matches_torchsde_euler(cls, time_scale):
     """Our Euler-Maruyama solve equals torchsde.sdeint(method="euler") on the same Brownian path."""
     torch.manual_seed(5)
-    model = cls(2, 2, hidden_dim=6, width=8).double()
+    model = cls(2, 2, hidden_dim=6, width=8, time_scale=time_scale).double()
     _, x = _data(dtype=torch.float64)
     # Dyadic times: torchsde's accumulated t + dt and our grid are then the same numbers bit for bit
     # (a Brownian bridge queried at times 1e-16 apart already differs by ~1e-8).
@@ -221,3 +222,26 @@ def test_models_on_gpu(name):
     out.sum().backward()
     if name in ("neural_cde", "gru_dt"):       # deterministic models: same numbers as on the CPU
         assert torch.allclose(out.cpu(), cpu(t, x.double(), seed=0), atol=1e-8)
+
+
+
+@pytest.mark.parametrize("cls", [LangevinSDE, LinearNoiseSDE, GeometricSDE, NeuralSDEClassifier])
+def test_time_scale_is_a_time_change(cls):
+    """time_scale=c solves dz = c f dt + sqrt(c) g dW_t, the law of dz = f ds + g dB_s in s = c t."""
+    torch.manual_seed(3)
+    m = cls(2, 2, hidden_dim=4, width=8, time_scale=4.0).double()
+    _, x = _data(dtype=torch.float64)
+    t = torch.arange(20, dtype=torch.float64) / 16
+    path = m.make_path(t, x)
+    with torch.no_grad():
+        m.problem(path)
+        assert m.scale_for(path) == 4.0
+        z = torch.randn(5, 4, dtype=torch.float64)
+        s = torch.tensor(0.3, dtype=torch.float64)
+        assert torch.allclose(m.drift_term(s, z), 4.0 * m.f(s, z))
+        assert torch.allclose(m.diffusion_term(s, z), 2.0 * m.g(s, z))
+    m.time_scale = "interval"          # one unit of s per mean observation interval (authors' 0..L-1)
+    assert m.scale_for(path) == pytest.approx(19 / float(t[-1] - t[0]))
+    assert torch.isfinite(m(t, x, seed=0)).all()
+    with pytest.raises(ValueError, match="time_scale"):
+        cls(2, 2, time_scale=0.0)

@@ -158,3 +158,13 @@ def test_short_gunpoint_training_beats_chance():
     fit(model, s.train, s.val, TrainConfig(epochs=30, batch_size=32, lr=1e-2, patience=None, progress=False))
     _, acc = evaluate(model, s.test)
     assert acc >= 0.7, acc
+
+
+def test_last_batch_of_one_joins_the_previous():
+    """The heads use BatchNorm, which needs two samples per training batch: n = k * batch + 1 trains."""
+    data = _toy(n=40)
+    tr, va = data.subset(np.arange(17)), data.subset(np.arange(17, 40))
+    torch.manual_seed(0)
+    model = build_model("gru_dt", 2, 2, hidden_dim=4, width=4)
+    res = fit(model, tr, va, TrainConfig(epochs=2, batch_size=8, patience=None, progress=False))
+    assert len(res.history) == 2 and all(np.isfinite(h["train_loss"]) for h in res.history)
