@@ -55,6 +55,7 @@ LABELS = {
     "gru_dt": "GRU-dt",
 }
 STABLE = ("lsde", "lnsde", "gsde")
+LOGGED_DEFAULTS = {"intensity": False}
 
 
 def run_one(job: dict) -> dict:
@@ -70,7 +71,8 @@ def run_one(job: dict) -> dict:
     splits = prepare(data, job["rate"], seed=job["seed"])
     torch.manual_seed(job["seed"])
     model = build_model(
-        job["model"], data.channels, data.num_classes, hidden_dim=job["hidden"], width=job["width"]
+        job["model"], data.channels, data.num_classes, hidden_dim=job["hidden"], width=job["width"],
+        intensity=job.get("intensity", False),
     )
     cfg = TrainConfig(
         epochs=job["epochs"],
@@ -244,6 +246,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--hidden", type=int, default=16)
     ap.add_argument("--width", type=int, default=16)
+    ap.add_argument("--intensity", action="store_true",
+                    help="append the observation intensity (cumulative counts) to every model's input")
     ap.add_argument("--workers", type=int, default=1, help="processes (one thread each)")
     ap.add_argument("--progress", action="store_true", help="tqdm bar per run (with --workers 1)")
     ap.add_argument("--out", default="out/benchmarks/stable_sde")
@@ -270,6 +274,7 @@ def main(argv: list[str] | None = None) -> dict:
         "batch_size": a.batch_size,
         "hidden": a.hidden,
         "width": a.width,
+        "intensity": a.intensity,
         "progress": a.progress and a.workers == 1,
     }
     jobs = []
@@ -279,7 +284,9 @@ def main(argv: list[str] | None = None) -> dict:
                 for s in seeds:
                     job = {"dataset": ds, "rate": float(r), "model": m, "seed": s, **common}
                     prev = done.get(_key(job))
-                    if prev is None or any(prev.get(k) != v for k, v in common.items() if k != "progress"):
+                    # runs logged before a setting existed count as its default
+                    if prev is None or any(prev.get(k, LOGGED_DEFAULTS.get(k)) != v
+                                           for k, v in common.items() if k != "progress"):
                         jobs.append(job)
     if a.summary_only:
         jobs = []

@@ -55,7 +55,7 @@ from solvers.sde import EulerMaruyama, SDEAlgorithm
 from .paths import ControlPath, Interpolation, check_times
 
 __all__ = ["PathClassifier", "LangevinSDE", "LinearNoiseSDE", "GeometricSDE", "NeuralSDEClassifier",
-           "NeuralCDE", "GRUdt", "MODELS", "build_model"]
+           "NeuralCDE", "GRUdt", "MODELS", "build_model", "observation_intensity"]
 
 
 def mlp(n_in: int, width: int, n_out: int, layers: int,
@@ -77,6 +77,11 @@ def _time_features(t: Tensor, like: Tensor) -> Tensor:
     return feat.expand(like.shape[0], 2)
 
 
+def observation_intensity(x: Tensor) -> Tensor:
+    """``c_j(t_i) = #{k <= i: x_kj is observed} / L`` for ``x (batch, L, C)`` with NaN for missing values."""
+    return (~torch.isnan(x)).to(x.dtype).cumsum(dim=1) / x.shape[1]
+
+
 class PathClassifier(nn.Module):
     """Base: input checks, the controlled path (with time as channel 0) and the classification head.
 
@@ -86,10 +91,14 @@ class PathClassifier(nn.Module):
         hidden_dim: latent size ``dz``.
         width, layers: width and number of hidden layers of the vector-field MLPs.
         interpolation: ``"hermite"`` (cubic, backward differences) or ``"linear"``.
+        intensity: append, per channel, the observation intensity ``c_j(t_i) = #{k <= i: x_kj observed} / L``
+            to the path (Kidger et al., NeurIPS 2020, Sec. 3.5, "observational intensity"): the model then
+            also sees *when* values were observed, which is informative when missingness is (as in the
+            Sepsis task of Oh et al. 2024).
     """
 
     def __init__(self, input_channels: int, num_classes: int, hidden_dim: int = 32, width: int = 32,
-                 layers: int = 1, interpolation: Interpolation = "hermite"):
+                 layers: int = 1, interpolation: Interpolation = "hermite", intensity: bool = False):
         super().__init__()
         if input_channels < 1 or num_classes < 2 or hidden_dim < 1:
             raise ValueError(f"need input_channels >= 1, num_classes >= 2, hidden_dim >= 1; got "
@@ -100,6 +109,9 @@ class PathClassifier(nn.Module):
         self.num_classes = num_classes
         self.hidden_dim = hidden_dim
         self.interpolation = interpolation
+        self.intensity = bool(intensity)
+        #: channels of the controlled path: time, the values and (with ``intensity``) their counts
+        self.path_channels = 1 + input_channels * (2 if self.intensity else 1)
         # The authors' head (Linear, BatchNorm1d, ReLU, Dropout, Linear) without the dropout.
         self.head = nn.Sequential(nn.Linear(hidden_dim, width), nn.BatchNorm1d(width), nn.ReLU(),
                                   nn.Linear(width, num_classes))
@@ -120,9 +132,12 @@ class PathClassifier(nn.Module):
         return t.to(p.device), x.to(device=p.device, dtype=p.dtype)
 
     def make_path(self, t: Tensor, x: Tensor) -> ControlPath:
-        """The path of ``[t, x_1..x_C]`` through the observations."""
+        """The path of ``[t, x_1..x_C]`` (and the intensities ``c_1..c_C``) through the observations."""
         tc = t.to(x.dtype).view(1, -1, 1).expand(x.shape[0], -1, 1)
-        return ControlPath(t, torch.cat([tc, x], dim=-1), self.interpolation)
+        channels = [tc, x]
+        if self.intensity:
+            channels.append(observation_intensity(x))
+        return ControlPath(t, torch.cat(channels, dim=-1), self.interpolation)
 
     def features(self, path: ControlPath, seed: int | None = None) -> Tensor:  # pragma: no cover
         raise NotImplementedError
@@ -143,8 +158,8 @@ class _SDEClassifier(PathClassifier):
                  layers: int = 1, interpolation: Interpolation = "hermite",
                  solver: SDEAlgorithm | None = None,
                  dt: float | None = None, rtol: float = 1e-2, atol: float = 1e-2,
-                 time_scale: float | str = 1.0):
-        super().__init__(input_channels, num_classes, hidden_dim, width, layers, interpolation)
+                 time_scale: float | str = 1.0, intensity: bool = False):
+        super().__init__(input_channels, num_classes, hidden_dim, width, layers, interpolation, intensity)
         if not (time_scale == "interval" or (isinstance(time_scale, (int, float)) and time_scale > 0)):
             raise ValueError(f"time_scale must be 'interval' or a number > 0, got {time_scale!r}")
         self.time_scale = time_scale
@@ -153,7 +168,7 @@ class _SDEClassifier(PathClassifier):
         if not isinstance(solver, SDEAlgorithm):
             raise TypeError(f"solver must be a solvers.sde method, got {type(solver).__name__}")
         self.solver, self.dt, self.rtol, self.atol = solver, dt, rtol, atol
-        cin = input_channels + 1
+        cin = self.path_channels
         self.initial = nn.Linear(cin, hidden_dim)       # z(t0) = zeta(X(t0))
         self.embed = nn.Linear(cin, hidden_dim)         # embedding of X(t) inside z~
         self.last_solution = None
@@ -271,9 +286,9 @@ class _StableSDE(_SDEClassifier):
                  layers: int = 1, interpolation: Interpolation = "hermite",
                  solver: SDEAlgorithm | None = None,
                  dt: float | None = None, rtol: float = 1e-2, atol: float = 1e-2, bounded: bool = True,
-                 time_scale: float | str = 1.0):
+                 time_scale: float | str = 1.0, intensity: bool = False):
         super().__init__(input_channels, num_classes, hidden_dim, width, layers, interpolation, solver, dt,
-                         rtol, atol, time_scale)
+                         rtol, atol, time_scale, intensity)
         self.bounded = bounded
         self.drift_net = mlp(2 * hidden_dim + (1 if self.time_in_drift else 0), width, hidden_dim, layers)
         self.sigma = _BoundedDiffusion(hidden_dim, width, layers, bounded)
@@ -374,9 +389,9 @@ class NeuralSDEClassifier(_SDEClassifier):
                  layers: int = 1, interpolation: Interpolation = "hermite",
                  solver: SDEAlgorithm | None = None,
                  dt: float | None = None, rtol: float = 1e-2, atol: float = 1e-2,
-                 time_scale: float | str = 1.0):
+                 time_scale: float | str = 1.0, intensity: bool = False):
         super().__init__(input_channels, num_classes, hidden_dim, width, layers, interpolation, solver, dt,
-                         rtol, atol, time_scale)
+                         rtol, atol, time_scale, intensity)
         self.drift_net = mlp(2 * hidden_dim + 1, width, hidden_dim, layers)
         self.diffusion_net = mlp(hidden_dim + 1, width, hidden_dim, layers)
 
@@ -399,11 +414,11 @@ class NeuralCDE(PathClassifier):
 
     def __init__(self, input_channels: int, num_classes: int, hidden_dim: int = 32, width: int = 32,
                  layers: int = 1, interpolation: Interpolation = "hermite", solver: Algorithm | None = None,
-                 dt: float | None = None):
-        super().__init__(input_channels, num_classes, hidden_dim, width, layers, interpolation)
+                 dt: float | None = None, intensity: bool = False):
+        super().__init__(input_channels, num_classes, hidden_dim, width, layers, interpolation, intensity)
         self.solver = RK4() if solver is None else solver
         self.dt = dt
-        cin = input_channels + 1
+        cin = self.path_channels
         self.cin = cin
         self.initial = nn.Linear(cin, hidden_dim)
         self.field = mlp(hidden_dim, width, hidden_dim * cin, layers)
@@ -431,9 +446,10 @@ class GRUdt(PathClassifier):
     """
 
     def __init__(self, input_channels: int, num_classes: int, hidden_dim: int = 32, width: int = 32,
-                 layers: int = 1, interpolation: Interpolation = "hermite"):
-        super().__init__(input_channels, num_classes, hidden_dim, width, layers, interpolation)
-        self.gru = nn.GRU(3 * input_channels, hidden_dim, num_layers=1, batch_first=True)
+                 layers: int = 1, interpolation: Interpolation = "hermite", intensity: bool = False):
+        super().__init__(input_channels, num_classes, hidden_dim, width, layers, interpolation, intensity)
+        k = 4 if self.intensity else 3
+        self.gru = nn.GRU(k * input_channels, hidden_dim, num_layers=1, batch_first=True)
 
     @staticmethod
     def inputs(t: Tensor, x: Tensor) -> Tensor:
@@ -457,7 +473,10 @@ class GRUdt(PathClassifier):
 
     def forward(self, t: Any, x: Tensor, seed: int | None = None) -> Tensor:
         t, x = self.check_input(t, x)
-        _, h = self.gru(self.inputs(t, x))
+        u = self.inputs(t, x)
+        if self.intensity:
+            u = torch.cat([u, observation_intensity(x)], dim=-1)
+        _, h = self.gru(u)
         return self.head(h[-1])
 
 

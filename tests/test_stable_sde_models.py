@@ -245,3 +245,34 @@ def test_time_scale_is_a_time_change(cls):
     assert torch.isfinite(m(t, x, seed=0)).all()
     with pytest.raises(ValueError, match="time_scale"):
         cls(2, 2, time_scale=0.0)
+
+
+def test_observation_intensity_counts_observed_values():
+    from nde.stable_sde import observation_intensity
+    t, x = _data(B=3, L=10, C=2, rate=0.5)
+    c = observation_intensity(x)
+    obs = ~torch.isnan(x)
+    for b in range(3):
+        for j in range(2):
+            for i in range(10):
+                assert float(c[b, i, j]) == pytest.approx(int(obs[b, : i + 1, j].sum()) / 10)
+    assert torch.all(c[:, 1:] >= c[:, :-1])        # non-decreasing, so the path is well defined
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_intensity_channels_enter_every_model(name):
+    torch.manual_seed(0)
+    model = build_model(name, 2, 3, hidden_dim=8, width=8, intensity=True)
+    assert model.path_channels == 5
+    t, x = _data()
+    logits = model(t, x, seed=3)
+    assert logits.shape == (5, 3) and torch.isfinite(logits).all()
+    # the intensity channels reach the output: their input weights get a non-zero gradient
+    logits.logsumexp(-1).sum().backward()
+    w = model.gru.weight_ih_l0 if name == "gru_dt" else model.initial.weight
+    cols = slice(6, 8) if name == "gru_dt" else slice(3, 5)
+    assert float(w.grad[:, cols].abs().sum()) > 0
+    if name != "gru_dt":
+        path = model.make_path(*model.check_input(t, x))
+        from nde.stable_sde import observation_intensity
+        assert torch.allclose(path.evaluate(t[6])[:, 3:], observation_intensity(x)[:, 6], atol=1e-6)
