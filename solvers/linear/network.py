@@ -253,18 +253,21 @@ class DCDMNet(nn.Module):
             return (r.flatten(1) @ H["coarse"]).view_as(r)  # the pseudo-inverse is symmetric
         A, d = ops[lvl], self.dim
         omega, kappa, w = self._params(lvl)
-        x = (omega[0] * A.inv_d) * r
+        # the scaled inverse diagonals, each a full-grid field: formed once per visit, used twice
+        K = [om * A.inv_d for om in omega]      # Jacobi sweeps (pre- and post-smoothing)
+        S = w * A.inv_d                         # prolongation smoothing (P and P^T)
+        x = K[0] * r
         for k in range(1, self.nu):
-            x = x + (omega[k] * A.inv_d) * (r - A(x))
+            x = x + K[k] * (r - A(x))
         # restriction P^T = P_0^T (I - w A D^-1), on the residual of the pre-smoothed iterate
         res = r - A(x)
-        res = res - A((w * A.inv_d) * res)
+        res = res - A(S * res)
         G = gates[lvl]
         e = G * self._cycle(lvl + 1, G * _pool_sum(res, d), H, gates)
         u = _inject(e, d) * A.active
-        x = x + kappa * (u - (w * A.inv_d) * A(u))          # P e = (I - w D^-1 A) P_0 e
+        x = x + kappa * (u - S * A(u))          # P e = (I - w D^-1 A) P_0 e
         for k in range(self.nu - 1, -1, -1):
-            x = x + (omega[k] * A.inv_d) * (r - A(x))
+            x = x + K[k] * (r - A(x))
         return x
 
 
