@@ -26,7 +26,7 @@ import json
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -310,9 +310,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     if a.workers > 1:
         os.environ.setdefault("OMP_NUM_THREADS", "1")
+        # record runs as they finish, so a call stopped at a time limit keeps everything done so far
         with ProcessPoolExecutor(a.workers, mp_context=get_context("spawn")) as ex:
-            for r in ex.map(run_one, jobs):
-                record(r)
+            for fut in as_completed([ex.submit(run_one, j) for j in jobs]):
+                record(fut.result())
     else:
         for job in jobs:
             record(run_one(job))

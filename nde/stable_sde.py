@@ -333,21 +333,50 @@ class LinearNoiseSDE(_StableSDE):
 class GeometricSDE(_StableSDE):
     """Geometric SDE ``dz = gamma(t, z~) z dt + sigma(t) z dW`` (Oh et al. 2024, eq. 8).
 
+    Two forms of the drift (``drift_form``):
+
+    * ``"reference"`` (default with ``bounded=True``): ``f = tanh(m(t, z~) * tanh(z))`` with ``m`` the
+      drift MLP, as in the authors' code (``input_option`` 5/6 of ``Diffusion_model.f``). It equals
+      ``gamma_eff z`` with ``gamma_eff = tanh(m tanh z) / z``, so ``f = 0`` at ``z = 0`` (each coordinate
+      keeps its sign), ``f ~ m z`` near 0 (geometric), and ``abs(f) < 1`` (bounded) far from 0. The
+      state can move by up to one unit per unit time whatever ``z(t_0)`` is.
+    * ``"paper"`` (the only form with ``bounded=False``): ``f = gamma z``, ``gamma = tanh(m)`` (bounded)
+      or ``m``. Its solution ``z_0 exp(int (gamma - sigma^2/2) ds + int sigma dW)`` moves ``z`` by at
+      most a factor ``e`` per unit time with ``abs(gamma) < 1``, so on a unit time span a coordinate
+      that starts near 0 carries little information to the head (the BasicMotions collapses of
+      ``docs/stable_sde.md``).
+
     ``log_space=True`` integrates with the log-Euler step ``z exp((gamma - sigma^2/2) h + sigma dW)``
     (Euler-Maruyama for ``log|z|`` by Ito's formula, on the same Brownian increments), which preserves
     the sign of every coordinate of ``z`` exactly; the default is Euler-Maruyama through ``solvers``.
     """
 
-    def __init__(self, *args: Any, log_space: bool = False, **kwargs: Any):
+    def __init__(self, *args: Any, log_space: bool = False, drift_form: str | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.log_space = log_space
+        drift_form = drift_form or ("reference" if self.bounded else "paper")
+        if drift_form not in ("reference", "paper"):
+            raise ValueError(f"drift_form must be 'reference' or 'paper', got {drift_form!r}")
+        if drift_form == "reference" and not self.bounded:
+            raise ValueError("drift_form='reference' is the bounded form tanh(m tanh z); use bounded=True")
+        self.drift_form = drift_form
+
+    def _m(self, t: Tensor, z: Tensor) -> Tensor:
+        return self.drift_net(torch.cat([self._t_col(t, z), self.z_tilde(t, z)], dim=-1))
 
     def rate(self, t: Tensor, z: Tensor) -> Tensor:
-        """``gamma(t, z~)``, the drift per unit of ``z``."""
-        return self.gamma(self._t_col(t, z), self.z_tilde(t, z))
+        """``gamma(t, z~)``, the drift per unit of ``z`` (``f / z``; its limit ``m`` at ``z = 0``)."""
+        if self.drift_form == "paper":
+            return self.gamma(self._t_col(t, z), self.z_tilde(t, z))
+        m = self._m(t, z)
+        small = z.abs() < 1e-8
+        z_safe = torch.where(small, torch.ones_like(z), z)      # keeps the unused branch's gradient finite
+        return torch.where(small, m, torch.tanh(m * torch.tanh(z_safe)) / z_safe)
 
     def f(self, t: Tensor, z: Tensor) -> Tensor:
-        return self.rate(t, z) * z
+        if self.drift_form == "paper":
+            return self.rate(t, z) * z
+        return torch.tanh(self._m(t, z) * torch.tanh(z))
 
     def g(self, t: Tensor, z: Tensor) -> Tensor:
         return self.sigma(t, z) * z

@@ -35,9 +35,12 @@ class SeriesData(Protocol):
 
 @dataclass
 class TrainConfig:
-    """Settings of :func:`fit`. ``patience``: epochs without a better validation score before stopping
-    (``None``: never stop early). ``checkpoint``: file written after every epoch (and read back when it
-    exists and ``resume`` is true)."""
+    """Settings of :func:`fit`. ``patience``: epochs in which neither the validation accuracy nor the
+    validation loss beat its best so far, before stopping (``None``: never stop early); the kept
+    parameters are those of the best validation accuracy (ties: lower loss). Counting the loss too
+    keeps a model whose validation loss still falls while its accuracy lags behind epoch 0's from
+    being stopped before it learns (seen on BasicMotions). ``checkpoint``: file written after every
+    epoch (and read back when it exists and ``resume`` is true)."""
 
     epochs: int = 100
     batch_size: int = 32
@@ -69,6 +72,7 @@ class TrainResult:
     best_epoch: int = -1
     best_val_acc: float = -1.0
     best_val_loss: float = float("inf")
+    min_val_loss: float = float("inf")
     train_time: float = 0.0
     stopped_early: bool = False
     finished: bool = False
@@ -163,8 +167,11 @@ def fit(model: nn.Module, train: SeriesData, val: SeriesData, config: TrainConfi
             res.best_val_acc, res.best_val_loss, res.best_epoch = va, vl, epoch
             best_state = copy.deepcopy(model.state_dict())
             bad = 0
+        elif vl < res.min_val_loss:
+            bad = 0
         else:
             bad += 1
+        res.min_val_loss = min(res.min_val_loss, vl)
         bar.set_postfix(loss=f"{tot / n:.3f}", val_acc=f"{va:.3f}", best=f"{res.best_val_acc:.3f}")
         stop = cfg.patience is not None and bad >= cfg.patience
         res.stopped_early = stop

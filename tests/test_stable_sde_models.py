@@ -60,8 +60,8 @@ def test_seeded_runs_repeat_and_seeds_differ(name):
 def test_gsde_keeps_sign_of_z():
     torch.manual_seed(2)
     t, x = _data(B=16, L=30)
-    for log_space in (True, False):
-        model = GeometricSDE(2, 2, hidden_dim=8, width=8, log_space=log_space)
+    for log_space, form in ((True, "reference"), (False, "reference"), (True, "paper"), (False, "paper")):
+        model = GeometricSDE(2, 2, hidden_dim=8, width=8, log_space=log_space, drift_form=form)
         ts, zs = model.trajectory(t, x, seed=0)
         assert zs.shape == (30, 16, 8)
         assert torch.equal(torch.sign(zs), torch.sign(zs[0]).expand_as(zs))
@@ -69,8 +69,8 @@ def test_gsde_keeps_sign_of_z():
     # coordinates, the log-space step z exp((gamma - sigma^2/2) h + sigma dW) never changes the sign.
     t_long = torch.linspace(0, 50, 11, dtype=torch.float64)
     x_long = x[:, :11]
-    em = GeometricSDE(2, 2, hidden_dim=8, width=8)
-    logm = GeometricSDE(2, 2, hidden_dim=8, width=8, log_space=True)
+    em = GeometricSDE(2, 2, hidden_dim=8, width=8, drift_form="paper")
+    logm = GeometricSDE(2, 2, hidden_dim=8, width=8, log_space=True, drift_form="paper")
     logm.load_state_dict(em.state_dict())
     with torch.no_grad():
         _, z_em = em.trajectory(t_long, x_long, seed=1)
@@ -134,8 +134,19 @@ def test_bounded_parameterisation():
             assert (m.f(tt, z).abs() <= 1).all()
             assert torch.allclose(m.g(tt, z), s * z)
         else:
-            assert (m.rate(tt, z).abs() <= 1).all()
+            # reference form tanh(m tanh z): bounded, zero at z = 0, and f = rate * z
+            assert m.drift_form == "reference"
+            assert (m.f(tt, z).abs() <= 1).all()
             assert torch.allclose(m.f(tt, z), m.rate(tt, z) * z)
+            z0 = z.clone()
+            z0[:, :3] = 0.0
+            assert torch.equal(m.f(tt, z0)[:, :3], torch.zeros(5, 3))
+            assert torch.isfinite(m.rate(tt, z0)).all()
+            p = GeometricSDE(2, 2, hidden_dim=8, width=8, drift_form="paper")
+            p.load_state_dict(m.state_dict())
+            p._path = m._path
+            assert (p.rate(tt, z).abs() <= 1).all()
+            assert torch.allclose(p.f(tt, z), p.rate(tt, z) * z)
     unb = LinearNoiseSDE(2, 2, hidden_dim=8, width=8, bounded=False)
     with torch.no_grad():
         for p in unb.parameters():
@@ -196,6 +207,10 @@ def test_bad_input_raises():
         build_model("transformer", 2, 2)
     with pytest.raises(ValueError, match="shape"):
         m(t, x[0])
+    with pytest.raises(ValueError, match="drift_form"):
+        GeometricSDE(2, 2, drift_form="logistic")
+    with pytest.raises(ValueError, match="bounded=True"):
+        GeometricSDE(2, 2, bounded=False, drift_form="reference")
     with pytest.raises(TypeError, match="solver"):
         GeometricSDE(2, 2, solver="euler")
 

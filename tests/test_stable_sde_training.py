@@ -168,3 +168,22 @@ def test_last_batch_of_one_joins_the_previous():
     model = build_model("gru_dt", 2, 2, hidden_dim=4, width=4)
     res = fit(model, tr, va, TrainConfig(epochs=2, batch_size=8, patience=None, progress=False))
     assert len(res.history) == 2 and all(np.isfinite(h["train_loss"]) for h in res.history)
+
+
+def test_patience_counts_validation_loss_progress(monkeypatch):
+    """Early stopping waits while the validation loss still falls, even if the accuracy lags behind its
+    epoch-0 value; the kept parameters are still those of the best validation accuracy."""
+    import nde.training as training
+
+    # scripted validation scores: accuracy 0.5 at epoch 0, then 0.25 while the loss falls for 8 epochs,
+    # then 0.75 at epoch 9, then the loss rises and the accuracy falls.
+    script = [(1.40, 0.50)] + [(1.30 - 0.1 * k, 0.25) for k in range(8)] + [(0.45, 0.75)] + \
+        [(0.5 + 0.1 * k, 0.5) for k in range(10)]
+    calls = iter(script)
+    monkeypatch.setattr(training, "evaluate", lambda *a, **k: next(calls))
+    data = _toy(n=16, L=8)
+    model = build_model("gru_dt", 2, 2, hidden_dim=4, width=4)
+    res = fit(model, data, data, TrainConfig(epochs=len(script), batch_size=8, patience=3, progress=False))
+    assert res.best_epoch == 9 and res.best_val_acc == 0.75 and res.best_val_loss == 0.45
+    assert res.stopped_early and len(res.history) == 13       # three epochs without any progress after 9
+    assert res.min_val_loss == 0.45
