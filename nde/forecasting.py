@@ -490,13 +490,13 @@ def forecast_task(data: TimeSeriesDataset, horizon: int, missing_rate: float = 0
 
 
 def noisy_sines(n: int = 200, length: int = 40, channels: int = 2, noise: float = 0.1, seed: int = 0,
-                irregular: bool = True, freq: tuple[float, float] = (1.0, 3.0),
+                irregular: bool = True, freq: tuple[float, float] = (1.0, 3.0), level: float = 0.0,
                 dtype: torch.dtype = torch.float32) -> TimeSeriesDataset:
-    """Synthetic series ``x_c(t) = a_c sin(2 pi f (t + p_c)) + noise`` with random phase and frequency.
+    """Synthetic series ``x_c(t) = m_c + a_c sin(2 pi f (t + p_c)) + noise``, random phase and frequency.
 
     ``f ~ U(*freq)`` (cycles per unit time, default ``U(1, 3)``) per series (shared by its channels),
-    phases ``p_c`` and amplitudes ``a_c ~ U(0.5, 1.5)`` per series and channel; times on ``[0, 1]``,
-    jittered (``irregular=True``) but shared by the batch.
+    phases ``p_c``, amplitudes ``a_c ~ U(0.5, 1.5)`` and levels ``m_c ~ N(0, level^2)`` per series and
+    channel; times on ``[0, 1]``, jittered (``irregular=True``) but shared by the batch.
     Labels are all 0 (one class: the split is then random). Forecastable: the past determines the future
     up to the noise, so a model that learns the dynamics beats the last value by a wide margin.
     """
@@ -512,6 +512,8 @@ def noisy_sines(n: int = 200, length: int = 40, channels: int = 2, noise: float 
     a = 0.5 + torch.rand(n, 1, channels, generator=g, dtype=torch.float64)
     x = a * torch.sin(2 * math.pi * f * (t.view(1, -1, 1) + p))
     x = x + noise * torch.randn(n, length, channels, generator=g, dtype=torch.float64)
+    if level:     # drawn last, so level = 0 leaves the other draws (and the data) unchanged
+        x = x + level * torch.randn(n, 1, channels, generator=g, dtype=torch.float64)
     return TimeSeriesDataset("noisy_sines", x.to(dtype), torch.zeros(n, dtype=torch.long), t, ("sine",))
 
 
