@@ -134,19 +134,20 @@ def test_bounded_parameterisation():
             assert (m.f(tt, z).abs() <= 1).all()
             assert torch.allclose(m.g(tt, z), s * z)
         else:
-            # reference form tanh(m tanh z): bounded, zero at z = 0, and f = rate * z
-            assert m.drift_form == "reference"
-            assert (m.f(tt, z).abs() <= 1).all()
+            # paper form (default): f = gamma z with abs(gamma) < 1
+            assert m.drift_form == "paper"
+            assert (m.rate(tt, z).abs() <= 1).all()
             assert torch.allclose(m.f(tt, z), m.rate(tt, z) * z)
+            # reference form tanh(m tanh z): bounded, zero at z = 0, and f = rate * z
+            r = GeometricSDE(2, 2, hidden_dim=8, width=8, drift_form="reference")
+            r.load_state_dict(m.state_dict())
+            r._path = m._path
+            assert (r.f(tt, z).abs() <= 1).all()
+            assert torch.allclose(r.f(tt, z), r.rate(tt, z) * z)
             z0 = z.clone()
             z0[:, :3] = 0.0
-            assert torch.equal(m.f(tt, z0)[:, :3], torch.zeros(5, 3))
-            assert torch.isfinite(m.rate(tt, z0)).all()
-            p = GeometricSDE(2, 2, hidden_dim=8, width=8, drift_form="paper")
-            p.load_state_dict(m.state_dict())
-            p._path = m._path
-            assert (p.rate(tt, z).abs() <= 1).all()
-            assert torch.allclose(p.f(tt, z), p.rate(tt, z) * z)
+            assert torch.equal(r.f(tt, z0)[:, :3], torch.zeros(5, 3))
+            assert torch.isfinite(r.rate(tt, z0)).all()
     unb = LinearNoiseSDE(2, 2, hidden_dim=8, width=8, bounded=False)
     with torch.no_grad():
         for p in unb.parameters():
