@@ -341,8 +341,9 @@ def interval_coverage(samples: Tensor, y: Tensor, level: float = 0.9) -> Tensor:
 
     The interval runs between the empirical ``(1 - level)/2`` and ``(1 + level)/2`` quantiles (linear
     interpolation between order statistics, ``torch.quantile``). For a perfectly calibrated ensemble of
-    ``K`` members the expected coverage is below ``level`` (about 0.79 for ``K = 16``, ``level = 0.9``;
-    see the docs); a point forecast covers (almost) nothing.
+    ``K`` members the expected coverage is below ``level`` (Gaussian members, ``level = 0.9``: about 0.72
+    for ``K = 8``, 0.81 for ``K = 16``, 0.85 for ``K = 32``; see the docs); a point forecast covers
+    (almost) nothing.
     """
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level}")
