@@ -38,7 +38,7 @@ FULL = {
     "datasets": ["ArrowHead", "GunPoint", "BasicMotions", "ItalyPowerDemand"],
     "rates": [0.0, 0.3, 0.5, 0.7],
     "models": ["lsde", "lnsde", "gsde", "neural_sde", "neural_cde", "gru_dt"],
-    "seeds": [0, 1, 2],
+    "seeds": [0, 1, 2, 3, 4],
 }
 QUICK = {
     "datasets": ["GunPoint"],
