@@ -54,7 +54,9 @@ LABELS = {"lsde": "LSDE", "lnsde": "LNSDE", "gsde": "GSDE", "neural_sde": "Neura
           "train_mean": "train mean (baseline)"}
 METRICS = ("mse", "mae", "crps", "coverage")
 SDE = ("lsde", "lnsde", "gsde", "neural_sde")
-LOGGED_DEFAULTS = {"loss": "mse"}     # runs logged before an option existed count as its default
+# Runs logged before an option existed count as what they ran with: the first grid's GSDE used the
+# authors' drift tanh(m tanh z), nde.stable_sde's default between commits 266552f and 603eb7a.
+LOGGED_DEFAULTS = {"loss": "mse", "gsde_form": "reference"}
 
 
 def run_one(job: dict) -> dict:
@@ -82,6 +84,8 @@ def run_one(job: dict) -> dict:
                 "epochs_run": 0, "best_epoch": -1, "best_val_mse": float("nan"), "params": 0}
     torch.manual_seed(job["seed"])
     kw = {"time_scale": job["time_scale"]} if job["model"] in SDE else {}
+    if job["model"] == "gsde":
+        kw["drift_form"] = job.get("gsde_form", "paper")
     # job.get: runs logged before an option existed count as its default
     model = Forecaster(job["model"], data.channels, hidden_dim=job["hidden"], width=job["width"], **kw)
     cfg = ForecastConfig(epochs=job["epochs"], batch_size=job["batch_size"], lr=job["lr"],
@@ -237,6 +241,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--time-scale", default="1", help="SDE encoders' time_scale: a number or 'interval'")
     ap.add_argument("--val-samples", type=int, default=4)
+    ap.add_argument("--gsde-form", choices=["paper", "reference"], default="paper",
+                    help="GSDE drift: the paper's gamma z (nde's default) or the authors' tanh(m tanh z)")
     ap.add_argument("--loss", choices=["mse", "crps"], default="mse",
                     help="training loss (use another --out for crps: runs are keyed without it)")
     ap.add_argument("--samples", type=int, default=16, help="test sample paths")
@@ -272,12 +278,13 @@ def main(argv: list[str] | None = None) -> dict:
             for s in seeds:
                 for m in models:
                     job = {"dataset": ds, "rate": float(r), "model": m, "seed": s, "horizon": horizons[ds],
-                           **common}
+                           **common, **({"gsde_form": a.gsde_form} if m == "gsde" else {})}
                     prev = done.get(_key(job))
                     if prev is None or any(prev.get(k, LOGGED_DEFAULTS.get(k)) != v
                                            for k, v in job.items() if k != "progress"):
                         jobs.append(job)
     if a.summary_only:
+        print(f"summary only: {len(jobs)} runs of this grid (missing, or logged with other settings) not run")
         jobs = []
     print(f"{len(jobs)} runs to do ({len(done)} already in {log}); epochs <= {epochs}, "
           f"patience {a.patience}, lr {a.lr}, hidden {a.hidden}, width {a.width}, time_scale {time_scale}, "
@@ -311,8 +318,8 @@ def main(argv: list[str] | None = None) -> dict:
     lengths = {ds: next((x["L"] for x in runs if x["dataset"] == ds), None) for ds in datasets}
     cpu_total = sum(x["fit_cpu"] for x in runs)
     md = [f"settings: epochs <= {epochs}, patience {a.patience}, lr {a.lr}, batch {a.batch_size}, hidden "
-          f"{a.hidden}, width {a.width}, SDE time_scale {time_scale}, loss {a.loss}, {a.samples} test "
-          f"samples, seeds {seeds}; "
+          f"{a.hidden}, width {a.width}, SDE time_scale {time_scale}, GSDE drift {a.gsde_form}, loss "
+          f"{a.loss}, {a.samples} test samples, seeds {seeds}; "
           f"test metrics in standardised units, mean ± std over seeds (MSE) and means (others); "
           f"total training CPU {cpu_total:.0f} s", ""]
     for ds in datasets:
