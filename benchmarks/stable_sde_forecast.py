@@ -196,7 +196,8 @@ def plot(summary: dict, out: Path) -> list[Path]:
             ax.set_xticks(np.arange(len(models)))
             ax.set_xticklabels([LABELS[m].replace(" (baseline)", "*") for m in models], rotation=30,
                                ha="right", fontsize=8)
-            ax.set_ylabel(f"test {k.upper()} (standardised)")
+            ax.set_yscale("log")      # baselines 3-10x worse: a linear axis hides the models' differences
+            ax.set_ylabel(f"test {k.upper()} (standardised, log scale)")
             ax.grid(alpha=0.3, axis="y")
         axes[0].legend(fontsize=8)
         fig.suptitle(f"{ds}: forecast of the last {HORIZONS.get(ds, '?')} points (* = baseline)")
@@ -291,9 +292,10 @@ def main(argv: list[str] | None = None) -> dict:
           f"workers {a.workers}",
           flush=True)
     t_all = time.perf_counter()
-    version = code_version()       # at the start: the code the runs of this call import
+    version = code_version()       # at the start: the code the runs of this call import (logged per run)
 
     def record(r: dict) -> None:
+        r["code"] = version
         done[_key(r)] = r
         with log.open("a") as fh:
             fh.write(json.dumps(r) + "\n")
@@ -331,7 +333,8 @@ def main(argv: list[str] | None = None) -> dict:
     (out / "table.md").write_text(text + "\n")
     (out / "stable_sde_forecast.json").write_text(json.dumps(
         {"summary": summary, "verdicts": v, "runs": runs, "horizons": horizons,
-         "settings": {**common, "seeds": seeds}, "code": version, "wall_s_this_call": wall}, indent=1))
+         "settings": {**common, "seeds": seeds}, "code_of_this_call": version, "wall_s_this_call": wall},
+        indent=1))
     files = plot(summary, out)
     print(f"saved {out / 'stable_sde_forecast.json'}, {out / 'table.md'}, " + ", ".join(map(str, files)))
     return summary
