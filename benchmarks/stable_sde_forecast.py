@@ -56,7 +56,7 @@ METRICS = ("mse", "mae", "crps", "coverage")
 SDE = ("lsde", "lnsde", "gsde", "neural_sde")
 # Runs logged before an option existed count as what they ran with: the first grid's GSDE used the
 # authors' drift tanh(m tanh z), nde.stable_sde's default between commits 266552f and 603eb7a.
-LOGGED_DEFAULTS = {"loss": "mse", "gsde_form": "reference"}
+LOGGED_DEFAULTS = {"loss": "mse", "gsde_form": "reference", "select": "mse"}
 
 
 def run_one(job: dict) -> dict:
@@ -90,14 +90,16 @@ def run_one(job: dict) -> dict:
     model = Forecaster(job["model"], data.channels, hidden_dim=job["hidden"], width=job["width"], **kw)
     cfg = ForecastConfig(epochs=job["epochs"], batch_size=job["batch_size"], lr=job["lr"],
                          patience=job["patience"], seed=job["seed"], val_samples=job["val_samples"],
-                         progress=job["progress"], on_nonfinite="stop", loss=job.get("loss", "mse"))
+                         progress=job["progress"], on_nonfinite="stop", loss=job.get("loss", "mse"),
+                         select=job.get("select", "mse"))
     t0, c0 = time.perf_counter(), time.process_time()
     res = fit_forecaster(model, s.train, s.val, cfg, desc=f"{job['dataset']} {job['rate']} {job['model']}")
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     m = evaluate_forecaster(model, s.test, samples=job["samples"])
     return {**job, **base, **{f"test_{k}": v for k, v in m.items()}, "train_time": res.train_time,
             "fit_wall": wall, "fit_cpu": cpu, "epochs_run": len(res.history), "best_epoch": res.best_epoch,
-            "best_val_mse": res.best_val_mse, "params": count_parameters(model), "diverged": res.diverged,
+            "best_val_mse": res.best_val_mse, "best_val_crps": res.best_val_crps,
+            "params": count_parameters(model), "diverged": res.diverged,
             "message": res.message}
 
 
@@ -246,6 +248,8 @@ def main(argv: list[str] | None = None) -> dict:
                     help="GSDE drift: the paper's gamma z (nde's default) or the authors' tanh(m tanh z)")
     ap.add_argument("--loss", choices=["mse", "crps"], default="mse",
                     help="training loss (use another --out for crps: runs are keyed without it)")
+    ap.add_argument("--select", choices=["mse", "crps"], default=None,
+                    help="validation score of early stopping (default: the loss's metric)")
     ap.add_argument("--samples", type=int, default=16, help="test sample paths")
     ap.add_argument("--workers", type=int, default=1, help="processes (one thread each)")
     ap.add_argument("--progress", action="store_true", help="tqdm bar per run (with --workers 1)")
@@ -269,7 +273,8 @@ def main(argv: list[str] | None = None) -> dict:
             done[_key(r)] = r
     common = {"epochs": epochs, "patience": a.patience, "lr": a.lr, "batch_size": a.batch_size,
               "hidden": a.hidden, "width": a.width, "time_scale": time_scale, "val_samples": a.val_samples,
-              "samples": a.samples, "loss": a.loss, "progress": a.progress and a.workers == 1}
+              "samples": a.samples, "loss": a.loss, "select": a.select or a.loss,
+              "progress": a.progress and a.workers == 1}
     horizons = {ds: a.horizon or HORIZONS.get(ds) for ds in datasets}
     if any(h is None for h in horizons.values()):
         ap.error(f"no default horizon for {[d for d, h in horizons.items() if h is None]}: pass --horizon")

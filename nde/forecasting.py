@@ -525,7 +525,9 @@ class ForecastConfig:
     """Settings of :func:`fit_forecaster` (the fields of :class:`nde.training.TrainConfig`, plus):
 
     ``loss``: ``"mse"`` (one-sample squared error, the default) or ``"crps"`` (two-sample fair CRPS);
-    ``val_samples``: sample paths of the validation mean forecast used for early stopping;
+    ``val_samples``: sample paths of the validation forecasts used for early stopping;
+    ``select``: the validation score of early stopping, ``"mse"`` (of the mean forecast) or ``"crps"``;
+    ``None`` (default) follows ``loss``, so a CRPS-trained model is selected by its CRPS;
     ``grad_clip``: max gradient norm (``None``: no clipping);
     ``on_nonfinite``: what a non-finite loss or gradient, or a solve that blows up, does: ``"raise"``
     (``FloatingPointError``, as :func:`nde.training.fit`) or ``"stop"`` (end training there, keep the
@@ -543,6 +545,7 @@ class ForecastConfig:
     eval_batch_size: int = 256
     val_samples: int = 4
     loss: str = "mse"
+    select: str | None = None
     grad_clip: float | None = None
     on_nonfinite: str = "raise"
     progress: bool = True
@@ -559,6 +562,8 @@ class ForecastConfig:
             raise ValueError(f"patience must be >= 1 or None, got {self.patience}")
         if self.loss not in ("mse", "crps"):
             raise ValueError(f"loss must be 'mse' or 'crps', got {self.loss!r}")
+        if self.select not in (None, "mse", "crps"):
+            raise ValueError(f"select must be 'mse', 'crps' or None, got {self.select!r}")
         if self.on_nonfinite not in ("raise", "stop"):
             raise ValueError(f"on_nonfinite must be 'raise' or 'stop', got {self.on_nonfinite!r}")
         _check_samples(self.val_samples)
@@ -566,7 +571,7 @@ class ForecastConfig:
 
 @dataclass
 class ForecastResult:
-    """History (one dict per epoch), best epoch and validation MSE, training seconds, flags.
+    """History (one dict per epoch), the best epoch with its validation MSE and CRPS, seconds, flags.
 
     ``diverged``: training met a non-finite loss / gradient or a blown-up solve (``on_nonfinite="stop"``);
     ``message`` says where."""
@@ -574,6 +579,7 @@ class ForecastResult:
     history: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int = -1
     best_val_mse: float = float("inf")
+    best_val_crps: float = float("inf")
     train_time: float = 0.0
     stopped_early: bool = False
     finished: bool = False
@@ -671,7 +677,8 @@ def _save(path: str, payload: dict[str, Any]) -> None:
 
 def fit_forecaster(model: Forecaster, train: ForecastData, val: ForecastData,
                    config: ForecastConfig | None = None, desc: str = "forecast") -> ForecastResult:
-    """Train ``model`` with Adam on the one-sample MSE (or CRPS); early stopping on validation MSE.
+    """Train ``model`` with Adam on the one-sample MSE (or CRPS); early stopping on the validation MSE
+    (or CRPS: ``config.select``, by default the training loss's metric).
 
     The model returned holds the best-validation parameters. The Brownian seed of step ``b`` of epoch
     ``e`` is :func:`nde.training.step_seed` ``(seed, e, b)`` and the shuffling generator is saved, so a run
@@ -734,13 +741,15 @@ def fit_forecaster(model: Forecaster, train: ForecastData, val: ForecastData,
             break
         res.history.append({"epoch": epoch, "train_loss": tot / n, "val_mse": vm["mse"],
                             "val_crps": vm["crps"]})
-        if vm["mse"] < res.best_val_mse:
-            res.best_val_mse, res.best_epoch = vm["mse"], epoch
+        key = cfg.select or cfg.loss
+        best = res.best_val_mse if key == "mse" else res.best_val_crps
+        if vm[key] < best:
+            res.best_val_mse, res.best_val_crps, res.best_epoch = vm["mse"], vm["crps"], epoch
             best_state = copy.deepcopy(model.state_dict())
             bad = 0
         else:
             bad += 1
-        bar.set_postfix(loss=f"{tot / n:.3f}", val_mse=f"{vm['mse']:.3f}", best=f"{res.best_val_mse:.3f}")
+        bar.set_postfix(loss=f"{tot / n:.3f}", val_mse=f"{vm['mse']:.3f}", val_crps=f"{vm['crps']:.3f}")
         stop = cfg.patience is not None and bad >= cfg.patience
         res.stopped_early = stop
         res.finished = stop or epoch + 1 >= cfg.epochs
