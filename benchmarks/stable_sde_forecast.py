@@ -15,8 +15,9 @@ runs already there (same settings), so the grid can be split over sessions.
 
 Examples::
 
-    python benchmarks/stable_sde_forecast.py --quick          # ItalyPowerDemand, 3 models, 1 seed (~2 min)
-    OMP_NUM_THREADS=1 python benchmarks/stable_sde_forecast.py --workers 1   # the full default grid
+    python benchmarks/stable_sde_forecast.py --quick          # ItalyPowerDemand, 3 models, 1 seed (~40 s)
+    OMP_NUM_THREADS=1 python benchmarks/stable_sde_forecast.py --workers 1   # full grid: ~30 min, 1 core
+    python benchmarks/stable_sde_forecast.py --loss crps --out out/benchmarks/stable_sde_forecast_crps
     python benchmarks/stable_sde_forecast.py --datasets GunPoint --rates 0 0.7 --models gsde gru_dt
 """
 

@@ -125,8 +125,8 @@ def main(argv: list[str] | None = None) -> dict:
                                                         progress=sys.stderr.isatty()), desc=a.model)
     train_s = time.perf_counter() - t0
     metrics = {"model": evaluate_forecaster(model, s.test, samples=16), **baseline_metrics(s.test)}
-    print(f"trained {len(res.history)} epochs in {train_s:.1f} s (best validation MSE {res.best_val_mse:.3f} "
-          f"at epoch {res.best_epoch})")
+    print(f"trained {len(res.history)} epochs in {train_s:.1f} s (best epoch {res.best_epoch}: validation "
+          f"MSE {res.best_val_mse:.3f}, CRPS {res.best_val_crps:.3f})")
     print("test (standardised units)        MSE     MAE    CRPS  90% coverage")
     for k, m in metrics.items():
         label = a.model.upper() if k == "model" else k.replace("_", " ")

@@ -396,8 +396,13 @@ def test_crps_loss_option_trains():
     s = forecast_task(d, 3, seed=0)
     for name in ("lnsde", "gru_dt"):
         m = Forecaster(name, 2, hidden_dim=6, width=8)
-        r = fit_forecaster(m, s.train, s.val, ForecastConfig(epochs=2, loss="crps", progress=False))
+        r = fit_forecaster(m, s.train, s.val, ForecastConfig(epochs=3, loss="crps", progress=False))
         assert all(math.isfinite(h["train_loss"]) for h in r.history)
+        # selected on the validation CRPS (the loss's metric) unless select= says otherwise
+        assert r.best_val_crps == min(h["val_crps"] for h in r.history)
+        assert r.best_val_mse == r.history[r.best_epoch]["val_mse"]
+    with pytest.raises(ValueError, match="select"):
+        ForecastConfig(select="nll")
 
 
 @pytest.mark.skipif(not sktime_available(), reason="sktime (optional extra) not installed")
