@@ -28,6 +28,7 @@ demo: setup
 	$(PYTHON) examples/lagrangian_pinn_convection.py --quick --out out/examples/lagrangian_pinn_convection
 	$(PYTHON) examples/burgers.py --quick --out out/examples/burgers
 	$(PYTHON) examples/irregular_time_series.py --quick --out out/examples/irregular_time_series
+	$(PYTHON) examples/irregular_forecasting.py --quick --out out/examples/irregular_forecasting
 
 # One pytest worker per core; each worker runs torch with one thread (tests/conftest.py).
 test: setup
