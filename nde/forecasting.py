@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -67,7 +66,7 @@ from solvers import SolverError
 from .datasets import TimeSeriesDataset, drop_points, stratified_split
 from .paths import ControlPath, check_times
 from .stable_sde import build_model, mlp
-from .training import step_seed
+from .training import load_checkpoint, save_checkpoint, step_seed
 
 __all__ = ["FrozenPath", "Forecaster", "ForecastData", "ForecastSplits", "ForecastConfig", "ForecastResult",
            "forecast_task", "noisy_sines", "fit_forecaster", "evaluate_forecaster", "forecast_metrics",
@@ -669,12 +668,6 @@ def baseline_metrics(data: ForecastData, level: float = 0.9) -> dict[str, dict[s
     return out
 
 
-def _save(path: str, payload: dict[str, Any]) -> None:
-    tmp = f"{path}.tmp"
-    torch.save(payload, tmp)
-    os.replace(tmp, path)  # atomic: a run killed while saving leaves the previous checkpoint intact
-
-
 def fit_forecaster(model: Forecaster, train: ForecastData, val: ForecastData,
                    config: ForecastConfig | None = None, desc: str = "forecast") -> ForecastResult:
     """Train ``model`` with Adam on the one-sample MSE (or CRPS); early stopping on the validation MSE
@@ -697,13 +690,7 @@ def fit_forecaster(model: Forecaster, train: ForecastData, val: ForecastData,
     best_state = copy.deepcopy(model.state_dict())
     bad, start_epoch = 0, 0
     if cfg.checkpoint and cfg.resume and Path(cfg.checkpoint).exists():
-        ck = torch.load(cfg.checkpoint, map_location=dev, weights_only=False)
-        if ck["config"]["seed"] != cfg.seed:
-            raise ValueError(f"checkpoint {cfg.checkpoint} was written with seed {ck['config']['seed']}, "
-                             f"not {cfg.seed}")
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        gen.set_state(ck["generator"])
+        ck = load_checkpoint(cfg.checkpoint, cfg.seed, model, opt, gen, dev)
         best_state, bad, start_epoch = ck["best_state"], ck["bad_epochs"], ck["epoch"] + 1
         res = ForecastResult(**ck["result"])
     if res.finished:
@@ -717,7 +704,7 @@ def fit_forecaster(model: Forecaster, train: ForecastData, val: ForecastData,
 
     def save(epoch: int) -> None:
         if cfg.checkpoint:
-            _save(cfg.checkpoint, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+            save_checkpoint(cfg.checkpoint, {"model": model.state_dict(), "optimizer": opt.state_dict(),
                                    "generator": gen.get_state(), "best_state": best_state, "bad_epochs": bad,
                                    "epoch": epoch, "result": asdict(res), "config": asdict(cfg)})
 

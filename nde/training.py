@@ -100,10 +100,26 @@ def evaluate(model: nn.Module, data: SeriesData, batch_size: int = 256,
     return loss_sum / n, correct / n
 
 
-def _save(path: str, payload: dict[str, Any]) -> None:
+def save_checkpoint(path: str, payload: dict[str, Any]) -> None:
+    """``torch.save`` to a temporary file, then an atomic rename: a run killed while saving leaves the
+    previous checkpoint intact."""
     tmp = f"{path}.tmp"
     torch.save(payload, tmp)
-    os.replace(tmp, path)  # atomic: a run killed while saving leaves the previous checkpoint intact
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str, seed: int, model: nn.Module, opt: torch.optim.Optimizer,
+                    gen: torch.Generator, device: torch.device) -> dict[str, Any]:
+    """Restore ``model``, ``opt`` and the shuffling generator ``gen`` from a checkpoint written by a
+    training loop of this package and return it (its ``best_state``, ``bad_epochs``, ``epoch`` and
+    ``result`` are the loop's to restore). A checkpoint of another seed is refused."""
+    ck = torch.load(path, map_location=device, weights_only=False)
+    if ck["config"]["seed"] != seed:
+        raise ValueError(f"checkpoint {path} was written with seed {ck['config']['seed']}, not {seed}")
+    model.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["optimizer"])
+    gen.set_state(ck["generator"])
+    return ck
 
 
 def fit(model: nn.Module, train: SeriesData, val: SeriesData, config: TrainConfig | None = None,
@@ -124,13 +140,7 @@ def fit(model: nn.Module, train: SeriesData, val: SeriesData, config: TrainConfi
     bad = 0
     start_epoch = 0
     if cfg.checkpoint and cfg.resume and Path(cfg.checkpoint).exists():
-        ck = torch.load(cfg.checkpoint, map_location=dev, weights_only=False)
-        if ck["config"]["seed"] != cfg.seed:
-            raise ValueError(f"checkpoint {cfg.checkpoint} was written with seed {ck['config']['seed']}, "
-                             f"not {cfg.seed}")
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        gen.set_state(ck["generator"])
+        ck = load_checkpoint(cfg.checkpoint, cfg.seed, model, opt, gen, dev)
         best_state, bad, start_epoch = ck["best_state"], ck["bad_epochs"], ck["epoch"] + 1
         res = TrainResult(**ck["result"])
     if res.finished:
@@ -177,7 +187,7 @@ def fit(model: nn.Module, train: SeriesData, val: SeriesData, config: TrainConfi
         res.stopped_early = stop
         res.finished = stop or epoch + 1 >= cfg.epochs
         if cfg.checkpoint:
-            _save(cfg.checkpoint, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+            save_checkpoint(cfg.checkpoint, {"model": model.state_dict(), "optimizer": opt.state_dict(),
                                    "generator": gen.get_state(), "best_state": best_state, "bad_epochs": bad,
                                    "epoch": epoch, "result": asdict(res), "config": asdict(cfg)})
         if stop:
