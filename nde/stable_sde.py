@@ -353,10 +353,9 @@ class GeometricSDE(_StableSDE):
     the sign of every coordinate of ``z`` exactly; the default is Euler-Maruyama through ``solvers``.
     """
 
-    def __init__(self, *args: Any, log_space: bool = False, drift_form: str | None = None, **kwargs: Any):
+    def __init__(self, *args: Any, log_space: bool = False, drift_form: str = "paper", **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.log_space = log_space
-        drift_form = drift_form or "paper"
         if drift_form not in ("reference", "paper"):
             raise ValueError(f"drift_form must be 'reference' or 'paper', got {drift_form!r}")
         if drift_form == "reference" and not self.bounded:
