@@ -66,7 +66,7 @@ from solvers import SolverError
 from .datasets import TimeSeriesDataset, drop_points, stratified_split
 from .paths import ControlPath, check_times
 from .stable_sde import build_model, mlp
-from .training import load_checkpoint, save_checkpoint, step_seed
+from .training import TrainConfig, load_checkpoint, save_checkpoint, step_seed
 
 __all__ = ["FrozenPath", "Forecaster", "ForecastData", "ForecastSplits", "ForecastConfig", "ForecastResult",
            "forecast_task", "noisy_sines", "fit_forecaster", "evaluate_forecaster", "forecast_metrics",
@@ -520,7 +520,7 @@ def noisy_sines(n: int = 200, length: int = 40, channels: int = 2, noise: float 
 # ----------------------------------------------------------------------------------------------
 # Training
 @dataclass
-class ForecastConfig:
+class ForecastConfig(TrainConfig):
     """Settings of :func:`fit_forecaster` (the fields of :class:`nde.training.TrainConfig`, plus):
 
     ``loss``: ``"mse"`` (one-sample squared error, the default) or ``"crps"`` (two-sample fair CRPS);
@@ -535,30 +535,15 @@ class ForecastConfig:
     """
 
     epochs: int = 30
-    batch_size: int = 32
     lr: float = 1e-2
-    weight_decay: float = 0.0
-    patience: int | None = 10
-    seed: int = 0
-    eval_seed: int = 12345
-    eval_batch_size: int = 256
     val_samples: int = 4
     loss: str = "mse"
     select: str | None = None
     grad_clip: float | None = None
     on_nonfinite: str = "raise"
-    progress: bool = True
-    checkpoint: str | None = None
-    resume: bool = True
-    max_epochs_this_call: int | None = None
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
-            raise ValueError("epochs, batch_size and eval_batch_size must be >= 1")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.patience is not None and self.patience < 1:
-            raise ValueError(f"patience must be >= 1 or None, got {self.patience}")
+        super().__post_init__()
         if self.loss not in ("mse", "crps"):
             raise ValueError(f"loss must be 'mse' or 'crps', got {self.loss!r}")
         if self.select not in (None, "mse", "crps"):
