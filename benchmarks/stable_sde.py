@@ -23,16 +23,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from run_log import append_run, load_runs, run_jobs  # noqa: E402
 
 FULL = {
     "datasets": ["ArrowHead", "GunPoint", "BasicMotions", "ItalyPowerDemand"],
@@ -293,11 +293,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     log = out / "runs.jsonl"
-    done = {}
-    if log.exists():
-        for line in log.read_text().splitlines():
-            r = json.loads(line)
-            done[_key(r)] = r
+    done = load_runs(log, _key)
     common = {
         "epochs": epochs,
         "patience": a.patience,
@@ -332,9 +328,7 @@ def main(argv: list[str] | None = None) -> dict:
     t_all = time.perf_counter()
 
     def record(r: dict) -> None:
-        done[_key(r)] = r
-        with log.open("a") as fh:
-            fh.write(json.dumps(r) + "\n")
+        append_run(log, done, _key, r)
         print(
             f"  {r['dataset']:>16} {r['rate']:.0%} {LABELS[r['model']]:>10} seed {r['seed']}: test acc "
             f"{r['test_acc']:.3f} (val {r['best_val_acc']:.3f} @ epoch {r['best_epoch']}, "
@@ -342,15 +336,7 @@ def main(argv: list[str] | None = None) -> dict:
             flush=True,
         )
 
-    if a.workers > 1:
-        os.environ.setdefault("OMP_NUM_THREADS", "1")
-        # record runs as they finish, so a call stopped at a time limit keeps everything done so far
-        with ProcessPoolExecutor(a.workers, mp_context=get_context("spawn")) as ex:
-            for fut in as_completed([ex.submit(run_one, j) for j in jobs]):
-                record(fut.result())
-    else:
-        for job in jobs:
-            record(run_one(job))
+    run_jobs(run_one, jobs, a.workers, record)
     runs = [done[k] for k in done if k[0] in datasets and k[1] in rates and k[2] in models and k[3] in seeds]
     summary = summarise(runs, datasets, rates, models)
     print(f"\nwall time of this call: {time.perf_counter() - t_all:.0f} s")

@@ -26,18 +26,18 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import subprocess
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from run_log import append_run, load_runs, run_jobs  # noqa: E402
 
 #: Horizon H per dataset (the last H of L points are forecast).
 HORIZONS = {"ItalyPowerDemand": 6, "BasicMotions": 20, "GunPoint": 30, "ArrowHead": 50}
@@ -267,11 +267,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     log = out / "runs.jsonl"
-    done: dict = {}
-    if log.exists():
-        for line in log.read_text().splitlines():
-            r = json.loads(line)
-            done[_key(r)] = r
+    done = load_runs(log, _key)
     common = {"epochs": epochs, "patience": a.patience, "lr": a.lr, "batch_size": a.batch_size,
               "hidden": a.hidden, "width": a.width, "time_scale": time_scale, "val_samples": a.val_samples,
               "samples": a.samples, "loss": a.loss, "select": a.select or a.loss,
@@ -302,23 +298,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     def record(r: dict) -> None:
         r["code"] = version
-        done[_key(r)] = r
-        with log.open("a") as fh:
-            fh.write(json.dumps(r) + "\n")
+        append_run(log, done, _key, r)
         print(f"  {r['dataset']:>16} {r['rate']:.0%} {LABELS[r['model']]:>22} seed {r['seed']}: MSE "
               f"{r['test_mse']:.3f} MAE {r['test_mae']:.3f} CRPS {r['test_crps']:.3f} cov "
               f"{r['test_coverage']:.2f} ({r['epochs_run']} epochs, {r['fit_cpu']:.1f} CPU s)"
               + (f" DIVERGED: {r['message']}" if r.get("diverged") else ""), flush=True)
 
-    if a.workers > 1:
-        os.environ.setdefault("OMP_NUM_THREADS", "1")
-        # record runs as they finish, so a call stopped at a time limit keeps everything done so far
-        with ProcessPoolExecutor(a.workers, mp_context=get_context("spawn")) as ex:
-            for fut in as_completed([ex.submit(run_one, j) for j in jobs]):
-                record(fut.result())
-    else:
-        for job in jobs:
-            record(run_one(job))
+    run_jobs(run_one, jobs, a.workers, record)
     runs = [done[k] for k in done if k[0] in datasets and k[1] in rates and k[2] in models and k[3] in seeds]
     summary = summarise(runs, datasets, rates, models)
     wall = time.perf_counter() - t_all
