@@ -232,22 +232,15 @@ class Forecaster(nn.Module):
 
     # ------------------------------------------------------------------------------------------
     def check_input(self, t_in: Any, x_in: Tensor, t_out: Any) -> tuple[Tensor, Tensor, Tensor]:
-        """Validate inputs (``ValueError`` before any work); returns tensors on the model's device."""
-        x_in = torch.as_tensor(x_in)
-        if x_in.dim() != 3:
-            raise ValueError(f"input values must have shape (N, L_in, C), got {tuple(x_in.shape)}")
-        if x_in.shape[-1] != self.input_channels:
-            raise ValueError(f"this forecaster was built for {self.input_channels} channel(s), got input "
-                             f"values with {x_in.shape[-1]}")
-        t_in = check_times(t_in, x_in.shape[1])
-        if t_in.dim() != 1:
-            raise ValueError("forecasting needs input times (L_in,) shared by the batch (NaN marks missing)")
+        """Validate inputs (``ValueError`` before any work); returns tensors on the model's device.
+
+        The input window gets the encoder's own checks (shape ``(N, L_in, C)``, channel count, times
+        ``(L_in,)`` shared by the batch); a forecaster also refuses Inf and checks the target times.
+        """
+        t_in, x_in = self.encoder.check_input(t_in, x_in)
         if bool(torch.isinf(x_in).any()):
             raise ValueError("input values contain Inf (use NaN for missing observations)")
-        p = next(self.parameters())
-        t_in = t_in.to(p.device)
-        t_out = check_horizon_times(t_out, t_in)
-        return t_in, x_in.to(device=p.device, dtype=p.dtype), t_out
+        return t_in, x_in, check_horizon_times(t_out, t_in)
 
     def control_path(self, t_in: Tensor, x_in: Tensor, t_out: Tensor) -> FrozenPath:
         """The encoder's path through the inputs, frozen at ``X(T_in)`` over the target times."""
