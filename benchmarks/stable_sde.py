@@ -109,6 +109,13 @@ def _key(r: dict) -> tuple:
     return (r["dataset"], float(r["rate"]), r["model"], int(r["seed"]))
 
 
+def _times(runs: list[dict]) -> dict:
+    """Mean training seconds of ``runs``: wall, and CPU (steadier on a shared machine) total and per epoch."""
+    return {"train_time": float(np.mean([x["train_time"] for x in runs])),
+            "fit_cpu": float(np.mean([x["fit_cpu"] for x in runs])),
+            "cpu_per_epoch": float(np.mean([x["fit_cpu"] / x["epochs_run"] for x in runs]))}
+
+
 def summarise(runs: list[dict], datasets: list[str], rates: list[float], models: list[str]) -> dict:
     out: dict = {}
     for ds in datasets:
@@ -123,10 +130,7 @@ def summarise(runs: list[dict], datasets: list[str], rates: list[float], models:
                     row[str(r)] = {"mean": float(np.mean(accs)), "std": float(np.std(accs)), "n": len(accs)}
             mine = [x for x in runs if x["dataset"] == ds and x["model"] == m]
             if row:
-                # CPU seconds (steadier than wall time on a shared machine), total and per epoch.
-                table[m] = {"acc": row, "train_time": float(np.mean([x["train_time"] for x in mine])),
-                            "fit_cpu": float(np.mean([x["fit_cpu"] for x in mine])),
-                            "cpu_per_epoch": float(np.mean([x["fit_cpu"] / x["epochs_run"] for x in mine]))}
+                table[m] = {"acc": row, **_times(mine)}
         out[ds] = table
     if len(datasets) > 1:
         out[AVERAGE] = _average_over_datasets(runs, datasets, rates, models)
@@ -152,9 +156,7 @@ def _average_over_datasets(runs: list[dict], datasets: list[str], rates: list[fl
                 row[str(r)] = {"mean": float(np.mean(accs)), "std": float(np.std(accs)), "n": len(accs)}
         mine = [x for x in runs if x["dataset"] in datasets and x["model"] == m]
         if row:
-            table[m] = {"acc": row, "train_time": float(np.mean([x["train_time"] for x in mine])),
-                        "fit_cpu": float(np.mean([x["fit_cpu"] for x in mine])),
-                        "cpu_per_epoch": float(np.mean([x["fit_cpu"] / x["epochs_run"] for x in mine]))}
+            table[m] = {"acc": row, **_times(mine)}
     return table
 
 
