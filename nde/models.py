@@ -30,11 +30,10 @@ from torch import Tensor, nn
 
 from solvers import ODEProblem, Solution, TorchDiffEq, Tsit5, solve
 from solvers.algorithm import Algorithm
-from solvers.ode.controllers import ControllerState, IController
-from solvers.ode.integrator import initial_step
 from solvers.ode.runge_kutta import ExplicitRungeKutta
 from solvers.problem import SDEProblem
 from solvers.sde import LambaEM, SDEAlgorithm
+from solvers.stepping.controllers import ControllerState, IController, initial_step
 
 _SENSITIVITIES = ("backprop", "adjoint")
 

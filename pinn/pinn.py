@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from solvers._checks import check_options
 from solvers.algorithm import Algorithm
+from solvers.checks import check_options
 from solvers.solution import RetcodeResult, ReturnCode, Stats
 
 from .networks import MLP, SpaceTimeEmbedding

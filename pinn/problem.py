@@ -21,7 +21,7 @@ import sympy as sp
 import torch
 from torch import Tensor
 
-from solvers._checks import check_span
+from solvers.checks import check_span
 
 from .reference import T, X, cole_hopf, convection_diffusion_trig, periodic_gaussian_solution
 from .symbolic import to_torch

@@ -167,7 +167,7 @@ class QuadratureRule(Algorithm):
         return out.cpu().numpy() if is_numpy else out
 
     def solve(self, problem: IntegralProblem, **options: Any) -> IntegralSolution:
-        from solvers._checks import check_options
+        from solvers.checks import check_options
 
         check_options(options, ("n",), f"{type(self).__name__}.solve")
         n = check_n(options.get("n", self.n), self.min_nodes)

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from solvers._checks import check_options
+from solvers.checks import check_options
 from solvers.problem import IntegralProblem
 from solvers.solution import ReturnCode, Stats
 

@@ -34,8 +34,8 @@ from torch import Tensor
 
 from solvers import ODEProblem, Tsit5
 from solvers import solve as ode_solve
-from solvers._checks import check_finite, check_floating, check_options, check_tolerance
 from solvers.algorithm import Algorithm
+from solvers.checks import check_finite, check_floating, check_options, check_tolerance
 from solvers.solution import RetcodeResult, ReturnCode, SolverError, Stats
 
 from ._base import QuadratureRule, check_n

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from solvers._checks import check_options, check_tolerance
+from solvers.checks import check_options, check_tolerance
 from solvers.problem import IntegralProblem
 from solvers.solution import ReturnCode, SolverError, Stats
 

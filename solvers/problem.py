@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from ._checks import check_finite, check_floating, check_span
+from .checks import check_finite, check_floating, check_span
 
 
 class _TimeSpan:

@@ -25,8 +25,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._checks import check_options, check_tolerance
 from ..algorithm import Algorithm
+from ..checks import check_options, check_tolerance
 from ..problem import LinearProblem
 from ..solution import ReturnCode, SolverError, Stats
 from .operators import LinearOperator, as_operator, check_symmetric

@@ -1,10 +1,17 @@
 """Explicit Runge-Kutta integrators, step-size controllers and dense output."""
 
+from ..stepping.controllers import (
+    ConstantStepSize,
+    Controller,
+    IController,
+    PIController,
+    PIDController,
+    initial_step,
+)
 from .bosh3 import Bosh3
 from .classic import RK4, Euler, Heun, Midpoint, Ralston
-from .controllers import ConstantStepSize, Controller, IController, PIController, PIDController
 from .dopri5 import Dopri5
-from .integrator import ODEIntegrator, initial_step
+from .integrator import ODEIntegrator
 from .runge_kutta import ExplicitRungeKutta, StepResult
 from .tableau import ButcherTableau
 from .torchdiffeq_backend import TorchDiffEq

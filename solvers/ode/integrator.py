@@ -13,34 +13,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._checks import check_finite, check_options, check_saveat, fixed_step, step_options
+from ..checks import check_finite, check_options, check_saveat, fixed_step, step_options
 from ..problem import ODEProblem
 from ..solution import ReturnCode, Solution, SolverError, Stats, StepTrace, as_time_tensor
-from .controllers import ConstantStepSize, Controller, PIController
+from ..stepping.controllers import ConstantStepSize, Controller, PIController, initial_step
+from ..stepping.times import time_tensor
 from .dense import DenseOutput
-from .runge_kutta import ExplicitRungeKutta, time_tensor
+from .runge_kutta import ExplicitRungeKutta
 
 _OPTIONS = ("rtol", "atol", "dt", "dt0", "saveat", "dense", "trace", "controller", "max_steps",
             "dtmin", "dtmax", "throw", "progress")
-
-
-def initial_step(f, t0: float, y0: Tensor, f0: Tensor, direction: float, order: int, rtol: float,
-                 atol: float) -> tuple[float, int]:
-    """Hairer, Norsett & Wanner I, section II.4: a first step from two evaluations of f.
-
-    Returns ``(|dt0|, nfe used)`` (one evaluation beyond ``f0``).
-    """
-    with torch.no_grad():
-        scale = y0.abs().mul(rtol).add(atol)
-        d0 = float(torch.linalg.vector_norm(y0 / scale)) / math.sqrt(y0.numel())
-        d1 = float(torch.linalg.vector_norm(f0 / scale)) / math.sqrt(y0.numel())
-        h0 = 1e-6 if (d0 < 1e-5 or d1 < 1e-5) else 0.01 * d0 / d1
-        y1 = y0 + (direction * h0) * f0
-        f1 = f(time_tensor(t0 + direction * h0, y0.device), y1)
-        d2 = float(torch.linalg.vector_norm((f1 - f0) / scale)) / math.sqrt(y0.numel()) / h0
-        dmax = max(d1, d2)
-        h1 = max(1e-6, h0 * 1e-3) if dmax <= 1e-15 else (0.01 / dmax) ** (1.0 / (order + 1))
-    return min(100 * h0, h1), 1
 
 
 class ODEIntegrator:

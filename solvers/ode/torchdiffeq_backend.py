@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_options, check_tolerance
 from ..algorithm import Algorithm
+from ..checks import check_options, check_tolerance
 from ..problem import ODEProblem
 from ..solution import ReturnCode, Solution, SolverError, Stats, as_time_tensor
 

@@ -15,12 +15,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._checks import check_finite, check_options, check_saveat, fixed_step, step_options
-from ..ode.controllers import Controller
-from ..ode.integrator import initial_step
-from ..ode.runge_kutta import time_tensor
+from ..checks import check_finite, check_options, check_saveat, fixed_step, step_options
 from ..problem import SDEProblem
 from ..solution import ReturnCode, Solution, SolverError, Stats, StepTrace, as_time_tensor
+from ..stepping.controllers import Controller, initial_step
+from ..stepping.times import time_tensor
 from .brownian import GridIncrements, IntervalPath, default_seed, fixed_grid
 from .methods import EulerMaruyama, SDEAlgorithm, g_prod
 

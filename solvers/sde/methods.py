@@ -37,9 +37,9 @@ import torch
 from torch import Tensor
 
 from ..algorithm import Algorithm
-from ..ode.controllers import Controller, PIController
-from ..ode.runge_kutta import time_tensor
 from ..problem import SDEProblem
+from ..stepping.controllers import Controller, PIController
+from ..stepping.times import time_tensor
 
 
 def g_prod(gv: Tensor, dW: Tensor, noise: str) -> Tensor:

@@ -25,6 +25,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
+from torch import Tensor
+
+from .times import time_tensor
+
 
 @dataclass
 class ControllerState:
@@ -162,3 +167,22 @@ class PIDController(Controller):
         factor = min(self.factormax, max(self.factormin, factor)) if math.isfinite(factor) else self.factormax
         state.prev_prev_error, state.prev_error = state.prev_error, e
         return True, dt * factor
+
+
+def initial_step(f, t0: float, y0: Tensor, f0: Tensor, direction: float, order: int, rtol: float,
+                 atol: float) -> tuple[float, int]:
+    """Hairer, Norsett & Wanner I, section II.4: a first step from two evaluations of f.
+
+    Returns ``(|dt0|, nfe used)`` (one evaluation beyond ``f0``).
+    """
+    with torch.no_grad():
+        scale = y0.abs().mul(rtol).add(atol)
+        d0 = float(torch.linalg.vector_norm(y0 / scale)) / math.sqrt(y0.numel())
+        d1 = float(torch.linalg.vector_norm(f0 / scale)) / math.sqrt(y0.numel())
+        h0 = 1e-6 if (d0 < 1e-5 or d1 < 1e-5) else 0.01 * d0 / d1
+        y1 = y0 + (direction * h0) * f0
+        f1 = f(time_tensor(t0 + direction * h0, y0.device), y1)
+        d2 = float(torch.linalg.vector_norm((f1 - f0) / scale)) / math.sqrt(y0.numel()) / h0
+        dmax = max(d1, d2)
+        h1 = max(1e-6, h0 * 1e-3) if dmax <= 1e-15 else (0.01 / dmax) ** (1.0 / (order + 1))
+    return min(100 * h0, h1), 1

@@ -1,4 +1,5 @@
-"""Input checks shared by every solver: fail early, with a message that names the culprit."""
+"""Input checks shared by every solver and by the packages above (nde, pinn, quadrature): fail early,
+with a message that names the culprit. Public: `from solvers.checks import check_finite, ...`."""
 
 from __future__ import annotations
 
