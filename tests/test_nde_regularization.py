@@ -178,28 +178,38 @@ def test_gradients_finite_and_nonzero(make):
                                   lambda: LocalRegularizer("error", "unbiased", weight=10.0, seed=0)],
                          ids=["global_error", "local_error"])
 def test_a_few_steps_lower_the_nfe(make):
-    """Minimising the penalty alone makes the field easier to integrate: fewer evaluations."""
-    torch.manual_seed(0)
-    m = NeuralODE(MLP(scale=3.0, seed=1), rtol=1e-6, atol=1e-8)
-    y0 = torch.randn(16, 2, generator=torch.Generator().manual_seed(1))
-    reg = make()
-    with torch.no_grad():
-        m(y0)
-    nfe0 = m.nfe_forward
-    opt = torch.optim.Adam(m.parameters(), lr=2e-2)
-    nfes = []
-    for _ in range(30):
-        opt.zero_grad()
-        m(y0, regularizer=reg)
-        (m.reg_loss / m.reg_raw.detach().clamp_min(1e-12)).backward()  # normalised: a fixed-size step
-        opt.step()
+    """Minimising the penalty alone makes the field easier to integrate: fewer evaluations.
+
+    The NFE of an adaptive solve moves in steps of 6 and jumps around from one update to the next, and
+    one short run's path depends on the CPU's floating-point kernels (30 updates of one seed went
+    134 -> 146 on one machine and fell on another). So the claim is judged with margin: three
+    independently seeded fields, 45 updates each, the typical NFE of the last 15 updates against the
+    field's initial NFE. Every seed must end below its start, and the median seed at most 85% of it
+    (measured here, 1 or 2 threads: 0.49-0.63 for the global, 0.61-0.72 for the local error penalty;
+    other seeds 0.40-0.84).
+    """
+    ratios = []
+    for seed in (1, 2, 3):
+        torch.manual_seed(seed)
+        m = NeuralODE(MLP(scale=3.0, seed=seed), rtol=1e-6, atol=1e-8)
+        y0 = torch.randn(16, 2, generator=torch.Generator().manual_seed(seed))
+        reg = make()
         with torch.no_grad():
             m(y0)
-        nfes.append(m.nfe_forward)
-    # The NFE of an adaptive solve moves in steps of 6 and jumps around from one update to the next (and
-    # between platforms): judge the typical NFE over the last third of the run, not one sample.
-    late = sorted(nfes[-10:])[len(nfes[-10:]) // 2]
-    assert late < 0.85 * nfe0, (nfe0, nfes)
+        nfe0 = m.nfe_forward
+        opt = torch.optim.Adam(m.parameters(), lr=2e-2)
+        nfes = []
+        for _ in range(45):
+            opt.zero_grad()
+            m(y0, regularizer=reg)
+            (m.reg_loss / m.reg_raw.detach().clamp_min(1e-12)).backward()  # normalised: a fixed-size step
+            opt.step()
+            with torch.no_grad():
+                m(y0)
+            nfes.append(m.nfe_forward)
+        ratios.append(float(np.median(nfes[-15:])) / nfe0)
+    assert max(ratios) < 1.0, ratios
+    assert sorted(ratios)[1] < 0.85, ratios
 
 
 def test_local_regularisation_with_adjoint_backward():
