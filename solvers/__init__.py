@@ -7,6 +7,14 @@
 True
 """
 
+from .adjoint import (
+    Adjoint,
+    Backprop,
+    BacksolveAdjoint,
+    CheckpointAdjoint,
+    TorchDiffEqAdjoint,
+    TorchSDEAdjoint,
+)
 from .algorithm import Algorithm
 from .api import init, solve
 from .ode import (
@@ -38,4 +46,5 @@ __all__ = [
     "Solution", "Stats", "StepTrace", "ReturnCode", "SolverError",
     "ButcherTableau", "Euler", "Midpoint", "Heun", "Ralston", "RK4", "Bosh3", "Dopri5", "Tsit5", "Verner65",
     "METHODS", "ConstantStepSize", "IController", "PIController", "PIDController", "TorchDiffEq",
+    "Adjoint", "Backprop", "BacksolveAdjoint", "CheckpointAdjoint", "TorchDiffEqAdjoint", "TorchSDEAdjoint",
 ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .adjoint.base import Adjoint, Backprop
 from .algorithm import Algorithm
 
 
@@ -21,15 +22,32 @@ def _check(problem: Any, algorithm: Any) -> None:
         raise TypeError(f"{type(algorithm).__name__} solves {accepted}, not {type(problem).__name__}")
 
 
-def solve(problem: Any, algorithm: Algorithm, **options: Any) -> Any:
+def _check_adjoint(adjoint: Any) -> None:
+    if adjoint is None or isinstance(adjoint, Adjoint):
+        return
+    if isinstance(adjoint, type) and issubclass(adjoint, Adjoint):
+        raise TypeError(f"adjoint: pass an instance: {adjoint.__name__}() rather than {adjoint.__name__}")
+    raise TypeError(f"adjoint must be None or a solvers.adjoint Adjoint (Backprop(), BacksolveAdjoint(), "
+                    f"CheckpointAdjoint(n), TorchDiffEqAdjoint()), got {type(adjoint).__name__}")
+
+
+def solve(problem: Any, algorithm: Algorithm, adjoint: Adjoint | None = None, **options: Any) -> Any:
     """Solve ``problem`` with ``algorithm``; see each algorithm's docs for its options.
 
     ODE options (explicit Runge-Kutta methods): ``rtol``, ``atol``, ``dt`` (fixed step), ``dt0``
     (first adaptive step), ``saveat``, ``dense``, ``trace``, ``controller``, ``max_steps``,
     ``dtmin``, ``dtmax``, ``throw``.
+
+    ``adjoint`` chooses how gradients of the solution are computed (:mod:`solvers.adjoint`):
+    ``None`` or ``Backprop()`` differentiates through the step loop; ``BacksolveAdjoint()``,
+    ``CheckpointAdjoint(n)`` and ``TorchDiffEqAdjoint()`` run ``adjoint.solve(problem, algorithm,
+    **options)``.
     """
     _check(problem, algorithm)
-    return algorithm.solve(problem, **options)
+    _check_adjoint(adjoint)
+    if adjoint is None or type(adjoint) is Backprop:
+        return algorithm.solve(problem, **options)
+    return adjoint.solve(problem, algorithm, **options)
 
 
 def init(problem: Any, algorithm: Algorithm, **options: Any) -> Any:
