@@ -1,34 +1,51 @@
 """Neural differential equations as ``torch.nn`` modules on top of ``solvers``.
 
-:class:`NeuralODE` integrates ``dy/dt = f_theta(t, y)`` with any ``solvers`` Runge-Kutta method, or
-with torchdiffeq's ``odeint_adjoint`` (``sensitivity="adjoint"``); :class:`NeuralSDE` integrates
-``dy = f_theta(t, y) dt + g_theta(t, y) dW`` with any ``solvers.sde`` method, or with torchsde's
-``sdeint_adjoint``. Both keep the last solve's statistics and trace, count vector-field evaluations
-of the forward and the backward pass separately, and accept a regulariser from
-:mod:`nde.regularization` that adds its penalty to ``model.reg_loss``.
+:class:`NeuralODE` integrates ``dy/dt = f_theta(t, y)`` with any ``solvers`` Runge-Kutta method (or
+torchdiffeq's); :class:`NeuralSDE` integrates ``dy = f_theta(t, y) dt + g_theta(t, y) dW`` with any
+``solvers.sde`` method (or torchsde's adjoint). Both keep the last solve's statistics and trace,
+count vector-field evaluations of the forward and the backward pass separately, and accept a
+regulariser from :mod:`nde.regularization` that adds its penalty to ``model.reg_loss``.
 
-Gradients:
+Gradients come from an adjoint object (:mod:`solvers.adjoint`, ``docs/adjoints.md``):
 
-* ``"backprop"`` (discretise-then-optimise): autograd through every operation of our solver. The
-  backward pass replays the recorded graph and evaluates no vector field (``nfe_backward == 0``);
-  its cost shows in the backward wall time and memory. This is what the global regularisers need,
-  since they differentiate the solver's own error estimates.
-* ``"adjoint"`` (optimise-then-discretise): the forward solve is torchdiffeq's/torchsde's, the
-  backward pass solves the adjoint equation backwards in time (``nfe_backward`` counts its
-  evaluations). Memory is O(1) in the number of steps; the internals of the forward solve are
-  not differentiated, so only the local regularisers (and RNODE/STEER) work with it.
+* ``Backprop()`` (default; discretise-then-optimise): autograd through every operation of our
+  solver. The backward pass replays the recorded graph and evaluates no vector field
+  (``nfe_backward == 0``); memory grows with the number of steps. The only rule the global
+  regularisers work with, since they differentiate the solver's own error estimates.
+* ``CheckpointAdjoint(n)``: the same gradient, recomputing the steps between ``n`` checkpoints in
+  the backward pass (``nfe_backward`` = one more evaluation of every accepted step).
+* ``BacksolveAdjoint()`` (optimise-then-discretise): our solver forwards without a graph, the
+  adjoint equation solved backwards with our methods; O(1) memory in the number of steps.
+* ``TorchDiffEqAdjoint()`` / ``TorchSDEAdjoint()``: torchdiffeq's / torchsde's adjoints, with their
+  solvers (pass ``TorchDiffEq(method)`` as the solver).
+
+The local regularisers (and RNODE, TayNODE, STEER) work with every adjoint. The older
+``sensitivity="backprop" | "adjoint"`` is a deprecated alias (see :func:`adjoint_from_sensitivity`).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from solvers import ODEProblem, Solution, TorchDiffEq, Tsit5, solve
+from solvers import (
+    Adjoint,
+    Backprop,
+    BacksolveAdjoint,
+    CheckpointAdjoint,
+    ODEProblem,
+    Solution,
+    TorchDiffEq,
+    TorchDiffEqAdjoint,
+    TorchSDEAdjoint,
+    Tsit5,
+    solve,
+)
 from solvers.algorithm import Algorithm
 from solvers.ode.runge_kutta import ExplicitRungeKutta
 from solvers.problem import SDEProblem
@@ -36,6 +53,40 @@ from solvers.sde import LambaEM, SDEAlgorithm
 from solvers.stepping.controllers import ControllerState, IController, initial_step
 
 _SENSITIVITIES = ("backprop", "adjoint")
+
+
+def adjoint_from_sensitivity(sensitivity: str, solver: Algorithm | None, sde: bool = False) -> Adjoint:
+    """The adjoint the deprecated ``sensitivity=`` string stands for (with a ``DeprecationWarning``).
+
+    ``"backprop"`` is :class:`~solvers.Backprop`. ``"adjoint"`` is torchdiffeq's adjoint
+    (:class:`~solvers.TorchDiffEqAdjoint`) when the solver is ``None`` or a
+    :class:`~solvers.TorchDiffEq`, torchsde's for a neural SDE, and :class:`~solvers.BacksolveAdjoint`
+    (the same continuous adjoint, run with the caller's method) when the solver is one of our
+    Runge-Kutta methods: the user's solver is never replaced by another one.
+    """
+    if sensitivity not in _SENSITIVITIES:
+        raise ValueError(f"sensitivity must be 'backprop' or 'adjoint', got {sensitivity!r}")
+    if sensitivity == "backprop":
+        new = "Backprop()"
+        adj: Adjoint = Backprop()
+    elif sde:
+        new, adj = "TorchSDEAdjoint()", TorchSDEAdjoint()
+    elif solver is None or isinstance(solver, TorchDiffEq):
+        new, adj = "TorchDiffEqAdjoint()", TorchDiffEqAdjoint()
+    else:
+        new, adj = "BacksolveAdjoint()", BacksolveAdjoint()
+    warnings.warn(f"sensitivity={sensitivity!r} is deprecated: pass adjoint={new}", DeprecationWarning,
+                  stacklevel=3)
+    return adj
+
+
+def _check_adjoint(adjoint: Any) -> Adjoint:
+    if isinstance(adjoint, type) and issubclass(adjoint, Adjoint):
+        raise TypeError(f"adjoint: pass an instance: {adjoint.__name__}() rather than {adjoint.__name__}")
+    if not isinstance(adjoint, Adjoint):
+        raise TypeError(f"adjoint must be a solvers Adjoint (Backprop(), BacksolveAdjoint(), "
+                        f"CheckpointAdjoint(n), TorchDiffEqAdjoint() ...), got {type(adjoint).__name__}")
+    return adjoint
 
 
 def _times(ts: Any, default: tuple[float, float]) -> Tensor:
@@ -113,11 +164,13 @@ class NeuralODE(_CountsEvaluations, nn.Module):
 
     Args:
         vector_field: an ``nn.Module`` called as ``vector_field(t, y)`` with ``y`` of shape ``(*batch, d)``.
-        solver: a ``solvers`` explicit Runge-Kutta method (default :class:`~solvers.Tsit5`) for
-            ``sensitivity="backprop"``; with ``"adjoint"`` a torchdiffeq method name is taken from
-            ``adjoint_method`` (a :class:`~solvers.TorchDiffEq` solver may also be passed).
+        solver: a ``solvers`` explicit Runge-Kutta method (default :class:`~solvers.Tsit5`), or a
+            :class:`~solvers.TorchDiffEq` for :class:`~solvers.TorchDiffEqAdjoint` (default there:
+            ``TorchDiffEq(adjoint_method)``). It is always the method that runs: an adjoint that
+            cannot use it raises ``ValueError``.
         rtol, atol: tolerances of the adaptive solve; ``dt``: fixed step instead.
-        sensitivity: ``"backprop"`` or ``"adjoint"`` (see the module docs).
+        adjoint: how gradients are computed (default :class:`~solvers.Backprop`; see the module docs).
+        sensitivity: deprecated alias of ``adjoint`` (``"backprop"`` / ``"adjoint"``).
         tspan: default ``(t0, t1)`` when ``forward`` gets no ``ts``.
         solve_options: extra options for ``solve`` (``max_steps``, ``controller`` ...).
 
@@ -126,36 +179,61 @@ class NeuralODE(_CountsEvaluations, nn.Module):
     """
 
     def __init__(self, vector_field: nn.Module, solver: Algorithm | None = None, *, rtol: float = 1e-3,
-                 atol: float = 1e-4, dt: float | None = None, sensitivity: str = "backprop",
-                 adjoint_method: str = "dopri5", tspan: tuple[float, float] = (0.0, 1.0),
-                 solve_options: dict | None = None):
+                 atol: float = 1e-4, dt: float | None = None, adjoint: Adjoint | None = None,
+                 sensitivity: str | None = None, adjoint_method: str = "dopri5",
+                 tspan: tuple[float, float] = (0.0, 1.0), solve_options: dict | None = None):
         super().__init__()
         if not callable(vector_field):
             raise TypeError("vector_field must be callable as vector_field(t, y)")
-        if sensitivity not in _SENSITIVITIES:
-            raise ValueError(f"sensitivity must be 'backprop' or 'adjoint', got {sensitivity!r}")
+        if sensitivity is not None:
+            if adjoint is not None:
+                raise ValueError("pass adjoint= or the deprecated sensitivity=, not both")
+            adjoint = adjoint_from_sensitivity(sensitivity, solver)
+        adjoint = _check_adjoint(adjoint if adjoint is not None else Backprop())
         self.func = vector_field
-        self.sensitivity = sensitivity
+        self.adjoint = adjoint
         if solver is None:
-            solver = Tsit5() if sensitivity == "backprop" else TorchDiffEq(adjoint_method, adjoint=True)
-        if sensitivity == "adjoint":
-            if isinstance(solver, ExplicitRungeKutta):
-                solver = TorchDiffEq(adjoint_method, adjoint=True)
-            if not (isinstance(solver, TorchDiffEq) and solver.adjoint):
-                raise ValueError("sensitivity='adjoint' runs torchdiffeq's odeint_adjoint: pass "
-                                 "TorchDiffEq(method, adjoint=True) or a solvers RK method (mapped to "
-                                 "adjoint_method)")
-        elif not isinstance(solver, ExplicitRungeKutta):
-            raise ValueError(f"sensitivity='backprop' needs a solvers Runge-Kutta method, got {solver!r}")
+            solver = TorchDiffEq(adjoint_method) if isinstance(adjoint, TorchDiffEqAdjoint) else Tsit5()
+        if isinstance(adjoint, TorchDiffEqAdjoint):
+            if not isinstance(solver, TorchDiffEq):
+                raise ValueError(f"TorchDiffEqAdjoint runs torchdiffeq's own solver, not {solver!r}: pass "
+                                 "solver=TorchDiffEq('dopri5') (or another torchdiffeq method), or use "
+                                 "BacksolveAdjoint() to keep this solver")
+        elif isinstance(adjoint, (Backprop, BacksolveAdjoint, CheckpointAdjoint)):
+            if isinstance(solver, TorchDiffEq) and (solver.adjoint or not isinstance(adjoint, Backprop)):
+                raise ValueError(f"{adjoint!r} with {solver!r}: torchdiffeq's adjoint is "
+                                 "adjoint=TorchDiffEqAdjoint(); our adjoints need a solvers Runge-Kutta "
+                                 "method")
+            if not isinstance(solver, (ExplicitRungeKutta, TorchDiffEq)):
+                raise ValueError(f"{adjoint!r} needs a solvers Runge-Kutta method, got {solver!r}")
+        else:
+            raise ValueError(f"{adjoint!r} does not differentiate ODE solves")
         self.solver = solver
         self.rtol, self.atol, self.dt = float(rtol), float(atol), dt
         self.tspan = (float(tspan[0]), float(tspan[1]))
         self.solve_options = dict(solve_options or {})
         self.counter = _Counter()
-        self.counted = _CountedField(vector_field, self.counter, record_times=sensitivity == "adjoint")
+        # Times of forward evaluations: what biased local regularisation samples from without backprop.
+        self.counted = _CountedField(vector_field, self.counter, record_times=not self.differentiates_solver)
         self.last_solution: Solution | None = None
         self.reg_loss: Tensor | None = None
         self.reg_raw: Tensor | None = None
+
+    @property
+    def sensitivity(self) -> str:
+        """``"backprop"`` for :class:`~solvers.Backprop`, ``"adjoint"`` for any other adjoint (kept for
+        code written against the deprecated ``sensitivity=``)."""
+        return "backprop" if type(self.adjoint) is Backprop else "adjoint"
+
+    @property
+    def differentiates_solver(self) -> bool:
+        """Whether the solver's internals (the trace's error/stiffness estimates) are differentiable."""
+        return self.adjoint.differentiates_solver and isinstance(self.solver, ExplicitRungeKutta)
+
+    @property
+    def keeps_trace(self) -> bool:
+        """Whether ``trace=True`` returns the forward solve's per-step trace."""
+        return self.adjoint.keeps_trace and isinstance(self.solver, ExplicitRungeKutta)
 
     @property
     def adaptive_solver(self) -> ExplicitRungeKutta:
@@ -202,14 +280,13 @@ class NeuralODE(_CountsEvaluations, nn.Module):
             opts["dt"] = self.dt
         if saveat is not None:
             opts["saveat"] = saveat
-        if self.sensitivity == "adjoint":
-            opts.setdefault("adjoint_params", tuple(self.func.parameters()))
-        else:
+        if isinstance(self.solver, ExplicitRungeKutta):
             opts["trace"] = trace
-            opts.setdefault("dense", saveat is None)
+            # A dense interpolant is only differentiable with backprop (biased sampling reads it).
+            opts.setdefault("dense", saveat is None and type(self.adjoint) is Backprop)
         self.counter.phase = "forward"
         try:
-            sol = solve(prob, self.solver, **opts)
+            sol = solve(prob, self.solver, adjoint=self.adjoint, **opts)
         finally:
             self.counter.phase = "backward"
         return sol
@@ -261,8 +338,10 @@ class NeuralSDE(_CountsEvaluations, nn.Module):
         solver: a ``solvers.sde`` method (default :class:`~solvers.sde.LambaEM`, adaptive).
         noise, sde_type: as in :class:`~solvers.problem.SDEProblem`.
         rtol, atol, dt: adaptive tolerances or a fixed step.
-        sensitivity: ``"backprop"`` (through our solver) or ``"adjoint"`` (``torchsde.sdeint_adjoint``
-            with ``adjoint_method``, fixed step ``dt`` required).
+        adjoint: :class:`~solvers.Backprop` (default: through our solver) or
+            :class:`~solvers.TorchSDEAdjoint` (``torchsde.sdeint_adjoint`` with its method; a fixed
+            step ``dt`` is required). Our ODE adjoints do not apply to SDEs (``ValueError``).
+        sensitivity: deprecated alias (``"backprop"``; ``"adjoint"`` = ``TorchSDEAdjoint(adjoint_method)``).
 
     ``forward(y0, ts, seed=None)`` returns ``(len(ts), *y0.shape)``; ``nfe_forward`` counts drift
     evaluations, ``nge_forward`` diffusion evaluations, ``nfe_backward`` drift evaluations of the
@@ -271,26 +350,49 @@ class NeuralSDE(_CountsEvaluations, nn.Module):
 
     def __init__(self, drift: nn.Module, diffusion: nn.Module, solver: SDEAlgorithm | None = None, *,
                  noise: str = "diagonal", sde_type: str = "ito", rtol: float = 1e-2, atol: float = 1e-3,
-                 dt: float | None = None, sensitivity: str = "backprop", adjoint_method: str = "euler",
-                 tspan: tuple[float, float] = (0.0, 1.0), solve_options: dict | None = None):
+                 dt: float | None = None, adjoint: Adjoint | None = None, sensitivity: str | None = None,
+                 adjoint_method: str = "euler", tspan: tuple[float, float] = (0.0, 1.0),
+                 solve_options: dict | None = None):
         super().__init__()
-        if sensitivity not in _SENSITIVITIES:
-            raise ValueError(f"sensitivity must be 'backprop' or 'adjoint', got {sensitivity!r}")
+        if sensitivity is not None:
+            if adjoint is not None:
+                raise ValueError("pass adjoint= or the deprecated sensitivity=, not both")
+            adjoint = adjoint_from_sensitivity(sensitivity, solver, sde=True)
+            if isinstance(adjoint, TorchSDEAdjoint):
+                adjoint = TorchSDEAdjoint(adjoint_method)
+        adjoint = _check_adjoint(adjoint if adjoint is not None else Backprop())
+        if type(adjoint) is not Backprop and not isinstance(adjoint, TorchSDEAdjoint):
+            raise ValueError(f"{adjoint!r} differentiates ODE solves; a NeuralSDE takes Backprop() or "
+                             "TorchSDEAdjoint()")
+        self.adjoint = adjoint
         self.counter = _Counter()
         self.sde = _SDEModule(drift, diffusion, noise, sde_type, self.counter)
         self.solver = solver if solver is not None else LambaEM()
         if not isinstance(self.solver, SDEAlgorithm):
             raise ValueError(f"solver must be a solvers.sde method, got {self.solver!r}")
-        if sensitivity == "adjoint" and dt is None:
-            raise ValueError("sensitivity='adjoint' (torchsde.sdeint_adjoint) needs a fixed step dt")
+        if isinstance(adjoint, TorchSDEAdjoint) and dt is None:
+            raise ValueError("the adjoint TorchSDEAdjoint (torchsde.sdeint_adjoint) needs a fixed step dt")
         self.noise, self.sde_type = noise, sde_type
         self.rtol, self.atol, self.dt = float(rtol), float(atol), dt
-        self.sensitivity, self.adjoint_method = sensitivity, adjoint_method
+        self.adjoint_method = adjoint.method if isinstance(adjoint, TorchSDEAdjoint) else adjoint_method
         self.tspan = (float(tspan[0]), float(tspan[1]))
         self.solve_options = dict(solve_options or {})
         self.last_solution = None
         self.reg_loss: Tensor | None = None
         self.reg_raw: Tensor | None = None
+
+    @property
+    def sensitivity(self) -> str:
+        """``"backprop"`` or ``"adjoint"`` (kept for code written against ``sensitivity=``)."""
+        return "backprop" if type(self.adjoint) is Backprop else "adjoint"
+
+    @property
+    def differentiates_solver(self) -> bool:
+        return type(self.adjoint) is Backprop
+
+    @property
+    def keeps_trace(self) -> bool:
+        return type(self.adjoint) is Backprop
 
     @property
     def drift(self) -> nn.Module:
@@ -312,9 +414,7 @@ class NeuralSDE(_CountsEvaluations, nn.Module):
               seed: int | None = None):
         self.counter.phase = "forward"
         try:
-            if self.sensitivity == "adjoint":
-                import torchsde
-
+            if isinstance(self.adjoint, TorchSDEAdjoint):
                 from solvers.sde import IntervalPath
 
                 ts = torch.as_tensor(saveat if saveat is not None else t_span, dtype=y0.dtype,
@@ -322,8 +422,7 @@ class NeuralSDE(_CountsEvaluations, nn.Module):
                 m = y0.shape[-1] if self.noise == "diagonal" else self._brownian_m(y0, t_span)
                 size = (*y0.shape[:-1], m)
                 bm = IntervalPath(t_span[0], t_span[1], size, y0.dtype, y0.device, seed=seed, dt=self.dt).bm
-                ys = torchsde.sdeint_adjoint(self.sde, y0, ts, bm=bm, method=self.adjoint_method, dt=self.dt,
-                                             adjoint_params=tuple(self.parameters()))
+                ys = self.adjoint.sdeint(self.sde, y0, ts, bm, self.dt, tuple(self.parameters()))
                 return _AdjointSDESolution(ts.double().cpu(), ys)
             prob = SDEProblem(self.sde.f, self.sde.g, y0, t_span, noise=self.noise, sde_type=self.sde_type)
             opts: dict[str, Any] = dict(rtol=self.rtol, atol=self.atol, trace=trace, seed=seed,

@@ -13,7 +13,7 @@ follows a schedule indexed by the number of training-mode calls.
 Solver-heuristic regularisers (Pal et al. 2021, 2023):
 
 * :class:`GlobalError` (ERNODE): ``mean_j EEst_j |dt_j|`` over the accepted steps, EEst the scaled
-  error estimate of step ``j`` (differentiated through the whole solve: ``sensitivity="backprop"``).
+  error estimate of step ``j`` (differentiated through the whole solve: ``adjoint=Backprop()``).
 * :class:`GlobalStiffness` (SRNODE): ``max_j S_j``, ``S_j = |rho_j| / stability_size`` with Hairer's
   eigenvalue estimate ``rho_j`` of step ``j`` (not multiplied by dt).
 * :class:`GlobalCombined`: ``mean_j (EEst_j |dt_j| + 0.1 S_j)``.
@@ -21,8 +21,8 @@ Solver-heuristic regularisers (Pal et al. 2021, 2023):
   ``u(t1)`` the solve produced, with the step size the controller would choose there; the penalty
   is ``EEst(t1) dt(t1)`` (``kind="error"``) or ``S(t1)`` (``kind="stiffness"``). ``sampling="unbiased"``
   draws ``t1 ~ U(t0, t_end)`` and adds it to the save times; ``"biased"`` draws ``t1`` among the
-  accepted step times (never ``t_end``). Only ``u(t1)`` is differentiated, so it works with any
-  sensitivity (adjoint included) and with SDEs.
+  accepted step times (never ``t_end``). Only ``u(t1)`` is differentiated, so it works with every
+  adjoint (``Backprop``, ``CheckpointAdjoint``, ``BacksolveAdjoint``, torchdiffeq's) and with SDEs.
 
 Baselines in the same harness:
 
@@ -118,9 +118,10 @@ class Regularizer:
         self.step = 0
 
     def run(self, model: nn.Module, y0: Tensor, ts: Tensor, seed: int | None = None) -> Tensor:
-        if self.requires_backprop and model.sensitivity != "backprop":
+        if self.requires_backprop and not _differentiates_solver(model):
             raise ValueError(f"{type(self).__name__} differentiates the solver's internals: it needs "
-                             "sensitivity='backprop' (use LocalRegularizer with the adjoint)")
+                             "backprop through our solver, adjoint=Backprop() (use LocalRegularizer with "
+                             f"{getattr(model, 'adjoint', 'this adjoint')!r})")
         is_sde = hasattr(model, "sde")
         if is_sde and not self.supports_sde:
             raise ValueError(f"{type(self).__name__} is not available for neural SDEs")
@@ -137,6 +138,16 @@ class Regularizer:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(weight={self.weight!r})"
+
+
+def _differentiates_solver(model: nn.Module) -> bool:
+    """Whether the model's solve keeps the solver's error/stiffness estimates on the graph (Backprop)."""
+    return bool(getattr(model, "differentiates_solver", model.sensitivity == "backprop"))
+
+
+def _keeps_trace(model: nn.Module) -> bool:
+    """Whether the model's solve returns its per-step trace (our solver, any of our adjoints)."""
+    return bool(getattr(model, "keeps_trace", model.sensitivity == "backprop"))
 
 
 def _span(ts: Tensor) -> tuple[float, float]:
@@ -222,15 +233,17 @@ class LocalRegularizer(Regularizer):
         seed: seeds the sampling of ``t1`` (and of the SDE increment of the extra step).
         step_size: the (not differentiated) size of the extra step:
 
-            * ``"solver"``: the step the solve itself took at ``t1`` (read from its trace; needs
-              ``sensitivity="backprop"``, costs nothing extra: 7 evaluations in all);
+            * ``"solver"``: the step the solve itself took at ``t1`` (read from its trace: needs our
+              solver, with ``Backprop``, ``CheckpointAdjoint`` or ``BacksolveAdjoint``; costs
+              nothing extra: 7 evaluations in all);
             * ``"controller"``: the step the solver would take next from ``(t1, u1)``: Hairer's
               starting step tried once without gradient, then the integral controller's proposal
               (14 evaluations in all; works with the adjoint);
             * ``"initial"``: Hairer's starting step itself (8 evaluations; what LocalRegNeuralDE.jl
               gets from a fresh integrator). It is often several times smaller than the solver's
               working step, so its penalty is orders of magnitude smaller (``EEst ~ dt^5``);
-            * ``"auto"`` (default): ``"solver"`` with backprop, ``"controller"`` with the adjoint.
+            * ``"auto"`` (default): ``"solver"`` with ``Backprop``, ``"controller"`` with any other
+              adjoint.
     """
 
     def __init__(self, kind: str = "error", sampling: str = "unbiased",
@@ -258,9 +271,11 @@ class LocalRegularizer(Regularizer):
 
     def _resolve(self, model: nn.Module) -> str:
         if self.step_size == "auto":
-            return "solver" if model.sensitivity == "backprop" else "controller"
-        if self.step_size == "solver" and model.sensitivity != "backprop":
-            raise ValueError("step_size='solver' reads the solve's trace: it needs sensitivity='backprop'")
+            return "solver" if _differentiates_solver(model) else "controller"
+        if self.step_size == "solver" and not _keeps_trace(model):
+            raise ValueError("step_size='solver' reads the solve's trace: it needs our solver with "
+                             "Backprop(), CheckpointAdjoint() or BacksolveAdjoint() (not torchdiffeq's or "
+                             "torchsde's adjoint)")
         return self.step_size
 
     def penalty_at(self, model: nn.Module, t: float, y: Tensor, dt: float | None = None) -> Tensor:
@@ -285,7 +300,7 @@ class LocalRegularizer(Regularizer):
         t0, tend = _span(ts)
         self._span = (t0, tend)
         is_sde = hasattr(model, "sde")
-        if self.sampling == "biased" and model.sensitivity == "backprop":
+        if self.sampling == "biased" and _differentiates_solver(model):
             if is_sde:
                 raise ValueError("biased sampling of a neural SDE is not implemented (SDE solutions have "
                                  "no dense output); use sampling='unbiased'")
