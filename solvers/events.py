@@ -417,32 +417,3 @@ class EventTracker:
 
 def _sign(v: float) -> int:
     return (v > 0) - (v < 0)
-
-
-def _solve_stepwise(problem, algorithm, events: Event | Sequence[Event], **options):
-    """Solve with events by stepping an integrator by hand: ``(solution, record, terminal_hit)``.
-
-    A stopgap used by the tests, example and benchmark while ``solve(..., events=)`` is being wired
-    into the step loop (it reads the integrator's dense-output lists; the solution it returns is not
-    truncated at the terminal event: use the hit's ``t``/``y``). Prefer ``solve(..., events=...)``.
-    """
-    from .ode.dense import DenseOutput
-
-    integ = algorithm.init(problem, **{**options, "dense": True})
-    tracker = EventTracker(events, integ.t, problem.y0, integ.direction)
-    dense, poly, shape = integ._dense, integ.alg_coeffs.dense, problem.y0.shape
-    hit = None
-    while not integ.done:
-        n, t_old, y_old = len(dense), integ.t, integ.y
-        integ.step()
-        if len(dense) == n:
-            break
-        ts, h, yf, k = dense.t0[-1], dense.dt[-1], dense.y0[-1], dense.k[-1]
-
-        def interp(t: float, ts=ts, h=h, yf=yf, k=k) -> Tensor:
-            return DenseOutput.evaluate_step(poly, yf, k, h, [(t - ts) / h])[0].view(shape)
-
-        hit = tracker.check(t_old, y_old, integ.t, integ.y, interp, problem.f)
-        if hit is not None:
-            break
-    return integ.solution(), tracker.results(), hit

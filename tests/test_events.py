@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from solvers import Dopri5, ODEProblem, ReturnCode, Tsit5, solve
-from solvers.events import Event, EventRecord, EventTracker, _solve_stepwise, brent_root
+from solvers.events import Event, EventRecord, EventTracker, brent_root
+from solvers.ode.dense import DenseOutput
 
 F64 = torch.float64
 GRAV = 9.81
@@ -31,12 +32,49 @@ needs_loop = pytest.mark.skipif(not WIRED, reason="solve(..., events=) is not wi
                                 "(solvers/stepping/loop.py does not call EventTracker)")
 
 
-def run(prob, events, method=None, **opts):
-    """Through a real integrator, stepped by hand: (record, terminal hit)."""
+def step_by_hand(prob, events, method=None, dt=0.04):
+    """Fixed steps of ``method().step`` fed to a tracker, with the method's own dense output on each
+    step: (record, terminal hit). Independent of the step loop."""
+    alg = method or Tsit5()
+    y, t, t1 = prob.y0, prob.tspan[0], prob.tspan[1]
+    d = 1.0 if t1 > t else -1.0
+    co = alg.coefficients(y.dtype, y.device)
+    tracker = EventTracker(events, t, y, d)
+    f0 = None
+    while (t1 - t) * d > 0:
+        h = d * min(dt, abs(t1 - t))
+        res = alg.step(prob.f, t, y, h, f0=f0)
+        k, y_flat, t_old = res.k, y.reshape(-1), t
+
+        def interp(s, k=k, y_flat=y_flat, t_old=t_old, h=h, shape=y.shape):
+            return DenseOutput.evaluate_step(co.dense, y_flat, k, h, [(s - t_old) / h])[0].view(shape)
+
+        t_new = t1 if abs(t1 - (t + h)) < 1e-12 * abs(dt) else t + h
+        hit = tracker.check(t, y, t_new, res.y, interp, prob.f)
+        if hit is not None:
+            return tracker.results(), hit
+        t, y, f0 = t_new, res.y, k[-1]
+    return tracker.results(), None
+
+
+def run(prob, events, method=None, driver=None, **opts):
+    """Through ``solve(..., events=)`` once the loop calls the tracker, else (or with
+    ``driver="by_hand"``) fixed steps by hand."""
+    if driver == "by_hand" or not WIRED:
+        return step_by_hand(prob, events, method, dt=opts.get("dt", 0.04))
     opts.setdefault("rtol", 1e-10)
     opts.setdefault("atol", 1e-12)
-    _, rec, hit = _solve_stepwise(prob, method or Tsit5(), events, **opts)
-    return rec, hit
+    sol = solve(prob, method or Tsit5(), events=events, **opts)
+    terminal = [h for h in sol.events.hits if h.terminal]
+    assert (sol.retcode is ReturnCode.EVENT) == bool(terminal)
+    return sol.events, terminal[0] if terminal else None
+
+
+@pytest.fixture(params=["solve", "by_hand"])
+def driver(request):
+    if request.param == "solve" and not WIRED:
+        pytest.skip("solve(..., events=) is not wired into the step loop yet")
+    return request.param
 
 
 def ball(h, grav=GRAV, t1=5.0, dtype=F64):
@@ -90,13 +128,13 @@ def test_exponential_decay_crosses_half_at_ln2(rtol):
     assert len(rec) == 1 and rec.t.shape == (1,) and rec.y.shape == (1, 1) and rec.index.tolist() == [0]
 
 
-def test_falling_ball_hits_the_ground_at_sympy_time():
+def test_falling_ball_hits_the_ground_at_sympy_time(driver):
     h, g, t = sp.symbols("h g t", positive=True)
     height = h - g * t**2 / 2
     t_hit = sp.solve(sp.Eq(height, 0), t)[0]
     assert sp.simplify(t_hit - sp.sqrt(2 * h / g)) == 0
     exact = float(t_hit.subs({h: 3, g: sp.Rational(981, 100)}))
-    rec, hit = run(ball(3.0), GROUND, rtol=1e-6, atol=1e-8)
+    rec, hit = run(ball(3.0), GROUND, driver=driver, rtol=1e-6, atol=1e-8)
     # The solution is a quadratic, which Tsit5 and its dense output reproduce: only root-finding error.
     assert abs(hit.t_float - exact) < 1e-13
     assert abs(float(hit.y[0])) < 1e-12 and abs(float(hit.y[1]) + GRAV * exact) < 1e-11
@@ -115,9 +153,9 @@ def test_time_dependent_condition(method):
 
 # -- direction, several events, counting -----------------------------------------------------------
 @pytest.mark.parametrize("direction, expected", [(1, [2, 4]), (-1, [1, 3]), (0, [1, 2, 3, 4])])
-def test_direction_filters_crossings(direction, expected):
+def test_direction_filters_crossings(direction, expected, driver):
     # sin t is zero at t0 = 0 (not an event), then crosses at k pi: falling at odd k, rising at even k.
-    rec, hit = run(oscillator(), Event(lambda t, y: y[0], terminal=False, direction=direction))
+    rec, hit = run(oscillator(), Event(lambda t, y: y[0], terminal=False, direction=direction), driver=driver)
     assert hit is None and not rec.terminal.any()
     torch.testing.assert_close(rec.t, torch.tensor(expected, dtype=F64) * math.pi, atol=1e-9, rtol=0)
     torch.testing.assert_close(rec.y[:, 0], torch.zeros(len(expected), dtype=F64), atol=1e-9, rtol=0)
@@ -129,11 +167,11 @@ def test_terminal_after_count_occurrences():
     assert rec.terminal.tolist() == [False, False, True] and len(rec) == 3
 
 
-def test_several_events_recorded_earliest_first():
+def test_several_events_recorded_earliest_first(driver):
     events = [Event(lambda t, y: y[0] - 0.9, terminal=False),   # cos: after 2 pi
               Event(lambda t, y: y[1] - 0.5, terminal=False),   # cos t = 0.5 at pi/3, 5 pi/3
               Event(lambda t, y: y[0] + 0.5, direction=-1)]      # sin t = -0.5 at 7 pi/6: stops
-    rec, hit = run(oscillator(), events)
+    rec, hit = run(oscillator(), events, driver=driver)
     assert hit.index == 2 and hit.t_float == pytest.approx(7 * math.pi / 6, abs=1e-9)
     # sin = 0.9 at asin(0.9) and pi - asin(0.9); cos = 0.5 at pi/3; nothing after 7 pi / 6.
     a = math.asin(0.9)
@@ -186,12 +224,12 @@ def test_grazing_and_double_roots_in_one_step_are_missed():
     assert tr.results().t.tolist() == pytest.approx([0.4, 0.6], abs=1e-15)
 
 
-def test_backward_integration_direction_is_in_integration_order():
+def test_backward_integration_direction_is_in_integration_order(driver):
     # y = exp(-t) integrated from 0 down to -2 grows through 2 at t = -ln 2.
     prob = ODEProblem(lambda t, y: -y, torch.ones(1, dtype=F64), (0.0, -2.0))
-    _, hit = run(prob, Event(lambda t, y: y[0] - 2.0, direction=1))
+    _, hit = run(prob, Event(lambda t, y: y[0] - 2.0, direction=1), driver=driver)
     assert hit.t_float == pytest.approx(-math.log(2), abs=1e-9)
-    rec, hit = run(prob, Event(lambda t, y: y[0] - 2.0, direction=-1))
+    rec, hit = run(prob, Event(lambda t, y: y[0] - 2.0, direction=-1), driver=driver)
     assert hit is None and len(rec) == 0
 
 
@@ -258,10 +296,10 @@ def _hit_time(h, grav, **opts):
     return hit
 
 
-def test_event_time_gradient_matches_exact_derivatives():
+def test_event_time_gradient_matches_exact_derivatives(driver):
     h = torch.tensor(2.0, dtype=F64, requires_grad=True)
     grav = torch.tensor(GRAV, dtype=F64, requires_grad=True)
-    hit = _hit_time(h, grav, rtol=1e-8, atol=1e-10)
+    hit = _hit_time(h, grav, driver=driver, rtol=1e-8, atol=1e-10)
     dt_dh, dt_dg = torch.autograd.grad(hit.t, (h, grav), retain_graph=True)
     # t* = sqrt(2h/g): dt/dh = 1/sqrt(2 h g), dt/dg = -sqrt(2h) g^(-3/2) / 2.
     assert float(dt_dh) == pytest.approx(1 / math.sqrt(2 * 2.0 * GRAV), rel=1e-9)
@@ -325,9 +363,9 @@ def test_no_graph_when_nothing_requires_grad():
     assert not hit.t.requires_grad
 
 
-def test_float32():
+def test_float32(driver):
     h = torch.tensor(2.0, requires_grad=True)
-    rec, hit = run(ball(h, dtype=torch.float32), GROUND, rtol=1e-5, atol=1e-6)
+    rec, hit = run(ball(h, dtype=torch.float32), GROUND, driver=driver, rtol=1e-5, atol=1e-6)
     exact = math.sqrt(2 * 2.0 / GRAV)
     assert hit.t.dtype == F64 and hit.y.dtype == torch.float32 and rec.y.dtype == torch.float32
     assert abs(hit.t_float - exact) < 1e-6
@@ -378,3 +416,27 @@ def test_solve_event_time_gradient():
 def test_solve_rejects_bad_events():
     with pytest.raises(TypeError):
         solve(ball(2.0), Tsit5(), events=[lambda t, y: y[0]])
+
+
+@needs_loop
+def test_solve_truncates_saves_and_dense_output_at_the_event():
+    exact = math.sqrt(2 * 2.0 / GRAV)
+    sol = solve(ball(2.0), Tsit5(), rtol=1e-8, atol=1e-10, saveat=[0.1, 0.5, 0.6, 1.0], events=GROUND)
+    assert sol.ts.tolist() == [0.1, 0.5, 0.6]  # nothing past the event at 0.6386
+    lo, hi = sol.interpolant.span
+    assert hi == pytest.approx(exact, abs=1e-12)
+    with pytest.raises(ValueError, match="outside"):
+        sol(0.7)
+
+
+@needs_loop
+@pytest.mark.parametrize("method, opts", [(Tsit5, {"dt": 0.05}), ("RK4", {"dt": 0.05}), ("Bosh3", {})])
+def test_solve_events_with_fixed_steps_and_other_methods(method, opts):
+    import solvers
+
+    alg = getattr(solvers, method)() if isinstance(method, str) else method()
+    opts = {"rtol": 1e-8, "atol": 1e-10, **opts}
+    sol = solve(ball(2.0), alg, events=GROUND, **opts)
+    assert sol.retcode is ReturnCode.EVENT
+    # A quadratic: every method of order >= 2 with its dense output is exact up to rounding.
+    assert sol.t_final == pytest.approx(math.sqrt(2 * 2.0 / GRAV), abs=1e-10)
