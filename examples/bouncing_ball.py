@@ -28,32 +28,17 @@ import sympy as sp
 import torch
 
 from solvers import ODEProblem, Tsit5, solve
-from solvers.events import Event, _solve_stepwise
+from solvers.events import Event
 
 F64 = torch.float64
 GROUND = Event(lambda t, y: y[0], terminal=True, direction=-1, name="ground")
 
 
-def _events_wired() -> bool:
-    prob = ODEProblem(lambda t, y: -y, torch.ones(1, dtype=F64), (0.0, 1.0))
-    try:
-        solve(prob, Tsit5(), events=Event(lambda t, y: y[0] - 0.5))
-    except TypeError:  # "unknown option 'events'": the step loop does not call the tracker yet
-        return False
-    return True
-
-
-WIRED = _events_wired()
-
-
 def flight(prob: ODEProblem, rtol: float, atol: float):
     """One flight to the ground: (solution, the terminal hit or None)."""
-    if WIRED:
-        sol = solve(prob, Tsit5(), rtol=rtol, atol=atol, events=GROUND)
-        hits = [h for h in sol.events.hits if h.terminal]
-        return sol, hits[-1] if hits else None
-    sol, _, hit = _solve_stepwise(prob, Tsit5(), GROUND, rtol=rtol, atol=atol)
-    return sol, hit
+    sol = solve(prob, Tsit5(), rtol=rtol, atol=atol, events=GROUND)
+    hits = [h for h in sol.events.hits if h.terminal]
+    return sol, hits[-1] if hits else None
 
 
 def bounce_times(h: torch.Tensor, e: torch.Tensor, grav: float, n: int, rtol: float, atol: float,
@@ -131,7 +116,7 @@ def main() -> None:
     fd_de = (last_time(h0, e0 + delta) - last_time(h0, e0 - delta)) / (2 * delta)
 
     print(f"bouncing ball: h = {h0}, e = {e0}, g = {grav}, Tsit5 rtol = {rtol:g}, atol = {atol:g}, "
-          f"{'solve(events=)' if WIRED else 'EventTracker stepped by hand (loop not wired yet)'}")
+          f"solve(..., events=Event(height, direction=-1))")
     print(f"{'k':>3} {'T_k (ours)':>20} {'T_k (exact)':>20} {'|error|':>10}")
     for i, (tk, ex, err) in enumerate(zip(times, exact, errors), 1):
         print(f"{i:>3} {float(tk.detach()):20.15f} {ex:20.15f} {err:10.2e}")
@@ -163,7 +148,7 @@ def main() -> None:
     plt.close(fig)
 
     result = {
-        "h": h0, "e": e0, "g": grav, "rtol": rtol, "atol": atol, "bounces": n, "wired": WIRED,
+        "h": h0, "e": e0, "g": grav, "rtol": rtol, "atol": atol, "bounces": n,
         "times": [float(t.detach()) for t in times], "exact": exact, "errors": errors,
         "max_error": max(errors),
         "wall_s": wall,
