@@ -22,9 +22,9 @@ import torch
 from torch import Tensor
 
 from solvers.checks import check_span
+from solvers.symbolic import to_torch
 
 from .reference import T, X, cole_hopf, convection_diffusion_trig, periodic_gaussian_solution
-from .symbolic import to_torch
 
 W = sp.Symbol("w", real=True)
 Coefficient = Callable[[Tensor, Tensor, Tensor], Tensor]

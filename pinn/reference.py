@@ -28,7 +28,7 @@ from scipy.special import roots_hermite
 from sympy.simplify.fu import TR8
 from torch import Tensor
 
-from .symbolic import to_torch
+from solvers.symbolic import to_torch
 
 X, T = sp.symbols("x t", real=True)
 

@@ -1,6 +1,8 @@
 """Reference problems with exact solutions derived and verified in SymPy."""
 
-from .builder import ReferenceError, lambdify_torch, ode_from_sympy
+from ..symbolic import lambdify_torch, to_torch
+from .builder import ReferenceError, ode_from_sympy
 from .ode_problems import NONSTIFF, PROBLEMS, problem
 
-__all__ = ["ode_from_sympy", "lambdify_torch", "ReferenceError", "problem", "PROBLEMS", "NONSTIFF"]
+__all__ = ["ode_from_sympy", "lambdify_torch", "to_torch", "ReferenceError", "problem", "PROBLEMS",
+           "NONSTIFF"]

@@ -4,13 +4,12 @@
 unknown functions, solves the initial value problem with ``sympy.dsolve`` (or takes a closed form
 you supply), verifies it with ``sympy.checkodesol`` and by substituting ``t0`` into the initial
 condition, and returns an :class:`~solvers.problem.ODEProblem` whose ``f`` and ``analytic`` are
-torch functions made by ``sympy.lambdify``. A reference whose exact solution does not check out
-symbolically is an error, never a silent approximation.
+torch functions made by :func:`solvers.symbolic.to_torch`. A reference whose exact solution does not
+check out symbolically is an error, never a silent approximation.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
 import sympy as sp
@@ -18,44 +17,13 @@ import torch
 from torch import Tensor
 
 from ..problem import ODEProblem
+from ..symbolic import TORCH_FUNCTIONS, lambdify_torch, to_torch
 
-
-def _unary(torch_fn, math_fn):
-    """A function that applies torch to tensors and math to plain numbers (SymPy constants like
-    sqrt(2) reach the lambdified code as Python numbers)."""
-
-    def fn(x):
-        return torch_fn(x) if isinstance(x, Tensor) else math_fn(x)
-
-    return fn
-
-
-#: SymPy function names mapped to torch (lambdify's printer emits these names).
-TORCH_FUNCTIONS: dict[str, object] = {
-    name: _unary(getattr(torch, tname), getattr(math, mname))
-    for name, tname, mname in [
-        ("sin", "sin", "sin"), ("cos", "cos", "cos"), ("tan", "tan", "tan"), ("exp", "exp", "exp"),
-        ("log", "log", "log"), ("sqrt", "sqrt", "sqrt"), ("sinh", "sinh", "sinh"), ("cosh", "cosh", "cosh"),
-        ("tanh", "tanh", "tanh"), ("atan", "atan", "atan"), ("asin", "asin", "asin"),
-        ("acos", "acos", "acos"), ("Abs", "abs", "fabs"), ("erf", "erf", "erf"),
-    ]
-}
-TORCH_FUNCTIONS.update({"pi": math.pi, "E": math.e})
+__all__ = ["ode_from_sympy", "ReferenceError", "SymbolicODE", "lambdify_torch", "TORCH_FUNCTIONS"]
 
 
 class ReferenceError(ValueError):
     """The symbolic solution of a reference problem could not be found or verified."""
-
-
-def lambdify_torch(args: Sequence[sp.Symbol], expr: sp.Expr):
-    """``sympy.lambdify`` with torch functions; constants come back as Python numbers."""
-    return sp.lambdify(args, expr, modules=[TORCH_FUNCTIONS, "math"])
-
-
-def _as_tensor_like(value: object, like: Tensor) -> Tensor:
-    if isinstance(value, Tensor):
-        return value.to(like.dtype).expand_as(like)
-    return torch.full_like(like, float(value))
 
 
 def ode_from_sympy(
@@ -112,16 +80,17 @@ def ode_from_sympy(
 
     ysyms = sp.symbols(f"y0:{len(funcs)}")
     rhs_syms = [r.subs(dict(zip(applied, ysyms))) for r in rhs]
-    rhs_fns = [lambdify_torch([t, *ysyms], r) for r in rhs_syms]
-    sol_fns = [lambdify_torch([t], e) for e in exprs]
+    rhs_fns = [to_torch(r, [t, *ysyms]) for r in rhs_syms]
+    sol_fns = [to_torch(e, [t]) for e in exprs]
 
     def f(tt: Tensor, y: Tensor) -> Tensor:
         comps = [y[..., i] for i in range(y.shape[-1])]
-        return torch.stack([_as_tensor_like(fn(tt, *comps), comps[0]) for fn in rhs_fns], dim=-1)
+        # to_torch broadcasts over y's batch (a right-hand side in t alone too); y's dtype and device
+        return torch.stack([fn(tt, *comps).to(comps[0]) for fn in rhs_fns], dim=-1)
 
     def analytic(tt: Tensor | float) -> Tensor:
         tt = torch.as_tensor(tt, dtype=torch.float64)
-        return torch.stack([_as_tensor_like(fn(tt), tt) for fn in sol_fns], dim=-1).to(dtype)
+        return torch.stack([fn(tt) for fn in sol_fns], dim=-1).to(dtype)
 
     y0_t = torch.tensor([float(v) for v in y0_exact], dtype=dtype)
     problem = ODEProblem(f=f, y0=y0_t, tspan=tspan, analytic=analytic, name=name)

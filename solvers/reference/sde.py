@@ -31,8 +31,7 @@ name                      noise        SDE, solution
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import sympy as sp
@@ -40,23 +39,9 @@ import torch
 from torch import Tensor
 
 from ..problem import SDEProblem
+from ..symbolic import lambdify_torch, to_torch
 
 t_sym, x_sym, w_sym = sp.symbols("t x W", real=True)
-
-
-def _unary(torch_fn, math_fn):
-    def fn(x):
-        return torch_fn(x) if isinstance(x, Tensor) else math_fn(x)
-
-    return fn
-
-
-_TORCH = {name: _unary(getattr(torch, name), getattr(math, name))
-          for name in ("sin", "cos", "tan", "exp", "log", "sqrt", "atan", "tanh")}
-
-
-def _lambdify(args: Sequence[sp.Symbol], expr: sp.Expr) -> Callable:
-    return sp.lambdify(args, expr, modules=[_TORCH, "math"])
 
 
 class SDEReferenceError(ValueError):
@@ -95,12 +80,14 @@ class SDEReference:
     def __post_init__(self) -> None:
         for i, c in enumerate(self.components):
             _verify(self.name, i, c, self.sde_type, self.tspan[0])
-        fx = [_lambdify([t_sym, x_sym], c.f) for c in self.components]
-        gx = [_lambdify([t_sym, x_sym], c.g) for c in self.components]
-        sol = [_lambdify([t_sym, w_sym], c.solution) if c.solution is not None else None
+        fx = [to_torch(c.f, [t_sym, x_sym]) for c in self.components]
+        gx = [to_torch(c.g, [t_sym, x_sym]) for c in self.components]
+        sol = [to_torch(c.solution, [t_sym, w_sym]) if c.solution is not None else None
                for c in self.components]
-        mean = [_lambdify([t_sym], c.mean) if c.mean is not None else None for c in self.components]
-        var = [_lambdify([t_sym], c.variance) if c.variance is not None else None for c in self.components]
+        # the moments are evaluated at a float t: Python numbers in double precision, no tensors
+        mean = [lambdify_torch([t_sym], c.mean) if c.mean is not None else None for c in self.components]
+        var = [lambdify_torch([t_sym], c.variance) if c.variance is not None else None
+               for c in self.components]
         self._fns.update(f=fx, g=gx, sol=sol, mean=mean, var=var)
 
     @property
@@ -112,12 +99,8 @@ class SDEReference:
         return all(c.solution is not None for c in self.components)
 
     def _stack(self, fns, t, x) -> Tensor:
-        cols = []
-        for i, fn in enumerate(fns):
-            v = fn(t, x[..., i])
-            cols.append(v if isinstance(v, Tensor) and v.shape == x[..., i].shape
-                        else torch.as_tensor(v, dtype=x.dtype, device=x.device).expand_as(x[..., i]))
-        return torch.stack(cols, -1)
+        # to_torch broadcasts each component over x's batch; the state keeps x's dtype and device
+        return torch.stack([fn(t, x[..., i]).to(x) for i, fn in enumerate(fns)], -1)
 
     def drift(self, t: Tensor, x: Tensor) -> Tensor:
         return self._stack(self._fns["f"], t, x)
