@@ -25,9 +25,16 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from solvers import solve  # noqa: E402
-from solvers.linear import CG, PCG, Sphere, poisson_problem, smoke_domain  # noqa: E402
-from solvers.linear.dcdm import DCDM  # noqa: E402
-from solvers.linear.training import load_dcdm, load_pretrained  # noqa: E402
+from solvers.linear import (  # noqa: E402
+    CG,
+    DCDM,
+    PCG,
+    Sphere,
+    load_dcdm,
+    load_pretrained,
+    poisson_problem,
+    smoke_domain,
+)
 
 
 def main() -> None:

@@ -227,3 +227,18 @@ def test_grid_model_reads_dirichlet_faces_beyond_the_array():
     assert torch.allclose(Aw, torch.from_numpy(g.h ** 2 * (g.matrix() @ w.numpy())), atol=1e-12)
     p = poisson_problem(dirichlet_grid(16, 3), seed=0)
     assert solve(p, DCDM(DCDMNet(3)), rtol=1e-6).iterations * 4 < solve(p, CG(), rtol=1e-6).iterations
+
+
+def test_dcdm_and_the_shipped_network_are_public_in_solvers_linear():
+    import solvers.linear
+    from solvers.linear import DCDM as PublicDCDM
+    from solvers.linear import DCDMNet as PublicNet
+    from solvers.linear import load_dcdm as public_load_dcdm
+    from solvers.linear import load_pretrained as public_load_pretrained
+
+    assert {"DCDM", "DCDMNet", "load_pretrained", "load_dcdm"} <= set(solvers.linear.__all__)
+    assert (PublicDCDM, PublicNet, public_load_dcdm, public_load_pretrained) == (
+        DCDM, DCDMNet, load_dcdm, load_pretrained)
+    p = poisson_problem(smoke_domain(8, 3), seed=0)
+    sol = solve(p, PublicDCDM(public_load_pretrained()), rtol=1e-6)
+    assert sol.retcode == ReturnCode.SUCCESS and sol.iterations > 0

@@ -9,10 +9,15 @@ conjugate direction method (DCDM), plus Poisson-system generators on 2D/3D grids
 >>> sol = solve(LinearProblem(A, torch.tensor([1.0, 2.0], dtype=torch.float64)), CG(), rtol=1e-12)
 >>> sol.iterations, [round(v, 6) for v in sol.x.tolist()]
 (2, [0.090909, 0.636364])
+
+The deep conjugate direction method takes a network; the shipped one (trained at 32^3) is
+``load_pretrained()``: ``solve(problem, DCDM(load_pretrained()), rtol=1e-6)``.
 """
 
 from ..problem import LinearProblem
+from .dcdm import DCDM
 from .krylov import CG, PCG, FlexibleCG
+from .network import DCDMNet
 from .operators import LinearOperator, as_operator, as_scipy, check_symmetric
 from .poisson import (
     AIR,
@@ -30,9 +35,11 @@ from .poisson import (
 )
 from .preconditioners import AMG, IC0, Identity, Jacobi, Preconditioner, ic0_factor, make_preconditioner
 from .solution import LinearSolution
+from .training import load_dcdm, load_pretrained
 
 __all__ = [
-    "LinearProblem", "LinearSolution", "CG", "PCG", "FlexibleCG", "Preconditioner", "Identity", "Jacobi",
+    "LinearProblem", "LinearSolution", "CG", "PCG", "FlexibleCG", "DCDM", "DCDMNet", "load_pretrained",
+    "load_dcdm", "Preconditioner", "Identity", "Jacobi",
     "IC0", "AMG", "ic0_factor", "make_preconditioner", "LinearOperator", "as_operator", "as_scipy",
     "check_symmetric", "PoissonGrid", "FLUID", "SOLID", "AIR", "Sphere", "Box", "dirichlet_grid",
     "smoke_domain", "random_obstacles", "divergence_rhs", "poisson_problem", "dirichlet_poisson_problem",
