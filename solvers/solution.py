@@ -28,6 +28,7 @@ class ReturnCode(enum.Enum):
     INDEFINITE = "indefinite"
     CHARACTERISTICS_CROSSED = "characteristics_crossed"
     TERMINATED = "terminated"
+    EVENT = "event"
 
     @property
     def message(self) -> str:
@@ -35,7 +36,8 @@ class ReturnCode(enum.Enum):
 
     @property
     def success(self) -> bool:
-        return self is ReturnCode.SUCCESS
+        """Whether the solve did what was asked: reached its end, or stopped at a terminal event."""
+        return self is ReturnCode.SUCCESS or self is ReturnCode.EVENT
 
 
 _MESSAGES = {
@@ -49,6 +51,7 @@ _MESSAGES = {
     ReturnCode.INDEFINITE: "The operator is not positive definite.",
     ReturnCode.CHARACTERISTICS_CROSSED: "Characteristics crossed (the Lagrangian map lost monotonicity).",
     ReturnCode.TERMINATED: "The solve was stopped by the caller.",
+    ReturnCode.EVENT: "A terminal event stopped the solve (sol.events holds where).",
 }
 
 
@@ -165,7 +168,9 @@ class Solution(RetcodeResult):
         stats: :class:`Stats` (nfe, naccept, nreject).
         trace: :class:`StepTrace` when the solve ran with ``trace=True``, else ``None``.
         retcode: :class:`ReturnCode`.
-        t_final, y_final: where the solve stopped (the end of the span on success).
+        t_final, y_final: where the solve stopped (the end of the span on success, the event on
+            ``ReturnCode.EVENT``).
+        events: every event hit (:class:`~solvers.events.EventRecord`) when solved with ``events=``.
 
     ``sol(t)`` evaluates the dense output at any time (or a 1-D tensor of times) inside the span
     actually covered; it needs ``dense=True`` (the default).
@@ -174,7 +179,7 @@ class Solution(RetcodeResult):
     def __init__(self, ts: Tensor, ys: Tensor, stats: Stats, retcode: ReturnCode,
                  trace: StepTrace | None = None, interpolant: Any = None,
                  t_final: float | None = None, y_final: Tensor | None = None,
-                 problem: Any = None, algorithm: Any = None):
+                 problem: Any = None, algorithm: Any = None, events: Any = None):
         self.ts = ts
         self.ys = ys
         self.stats = stats
@@ -185,6 +190,7 @@ class Solution(RetcodeResult):
         self.y_final = y_final
         self.problem = problem
         self.algorithm = algorithm
+        self.events = events
 
     def __call__(self, t: float | Tensor) -> Tensor:
         if self.interpolant is None:

@@ -8,11 +8,11 @@ from ..stepping.controllers import (
     PIDController,
     initial_step,
 )
+from ..stepping.protocol import StepResult
 from .bosh3 import Bosh3
 from .classic import RK4, Euler, Heun, Midpoint, Ralston
 from .dopri5 import Dopri5
-from .integrator import ODEIntegrator
-from .runge_kutta import ExplicitRungeKutta, StepResult
+from .runge_kutta import ExplicitRungeKutta
 from .tableau import ButcherTableau
 from .torchdiffeq_backend import TorchDiffEq
 from .tsit5 import Tsit5
@@ -22,7 +22,7 @@ from .verner import Verner65
 METHODS = (Euler, Midpoint, Heun, Ralston, Bosh3, RK4, Dopri5, Tsit5, Verner65)
 
 __all__ = [
-    "ButcherTableau", "ExplicitRungeKutta", "StepResult", "ODEIntegrator", "initial_step",
+    "ButcherTableau", "ExplicitRungeKutta", "StepResult", "initial_step",
     "Euler", "Midpoint", "Heun", "Ralston", "RK4", "Bosh3", "Dopri5", "Tsit5", "Verner65", "METHODS",
     "Controller", "ConstantStepSize", "IController", "PIController", "PIDController", "TorchDiffEq",
 ]

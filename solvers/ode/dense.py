@@ -29,6 +29,8 @@ class DenseOutput:
         self.dt: list[float] = []
         self.y0: list[Tensor] = []
         self.k: list[Tensor] = []
+        #: Where the covered span ends when a terminal event cut the last step short.
+        self.end: float | None = None
 
     def append(self, t0: float, dt: float, y0: Tensor, k: Tensor) -> None:
         self.t0.append(t0)
@@ -43,7 +45,7 @@ class DenseOutput:
     def span(self) -> tuple[float, float]:
         if not self.t0:
             raise ValueError("no step has been taken yet")
-        return self.t0[0], self.t0[-1] + self.dt[-1]
+        return self.t0[0], (self.t0[-1] + self.dt[-1]) if self.end is None else self.end
 
     @staticmethod
     def evaluate_step(poly: Tensor, y0: Tensor, k: Tensor, dt: float, thetas: Sequence[float]) -> Tensor:

@@ -8,37 +8,19 @@ step-size arithmetic is done in float64 Python floats, outside the graph.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from ..algorithm import Algorithm
+from ..checks import check_finite
 from ..problem import ODEProblem
-from ..stepping.controllers import Controller, IController, PIController
+from ..solution import Solution
+from ..stepping.controllers import DEFAULT_TOLERANCES, Controller, IController
+from ..stepping.protocol import Stepper, StepResult
 from ..stepping.times import time_tensor
+from .dense import DenseOutput
 from .tableau import ButcherTableau
-
-
-@dataclass
-class StepResult:
-    """One Runge-Kutta step from ``(t, y)`` with step ``dt``.
-
-    Attributes:
-        y: the propagated solution ``y_{n+1}`` (shape, dtype and device of ``y``).
-        error_estimate: scaled RMS error norm (0-d tensor; ``NaN`` for methods without an
-            embedded pair); the step is acceptable when it is ``<= 1``.
-        stiffness_estimate: Hairer's eigenvalue estimate divided by the stability size (0-d).
-        nfe: vector-field evaluations this step used.
-        k: the stages, shape ``(s, y.numel())``.
-    """
-
-    y: Tensor
-    error_estimate: Tensor
-    stiffness_estimate: Tensor
-    nfe: int
-    k: Tensor
 
 
 class _Coefficients:
@@ -57,7 +39,17 @@ class _Coefficients:
         self.c = [float(ci) for ci in tab.c]
 
 
-class ExplicitRungeKutta(Algorithm):
+class ODETerms:
+    """What one ODE solve's steps need: the vector field and the tableau's coefficients as tensors."""
+
+    __slots__ = ("f", "co")
+
+    def __init__(self, f, co: _Coefficients):
+        self.f = f
+        self.co = co
+
+
+class ExplicitRungeKutta(Stepper):
     """Base class of the explicit Runge-Kutta methods; subclasses set ``tableau``.
 
     ``solve(problem, Method(), ...)`` options:
@@ -76,12 +68,15 @@ class ExplicitRungeKutta(Algorithm):
     * ``throw`` (True): raise :class:`~solvers.solution.SolverError` on failure; ``False`` returns
       the partial solution with its ``retcode``.
     * ``progress`` (False): a tqdm bar over the time span.
+    * ``events``: an :class:`~solvers.events.Event` or a sequence of them, located on the dense
+      output; a terminal one ends the solve (``ReturnCode.EVENT``), all hits are in ``sol.events``.
     """
 
     tableau: ClassVar[ButcherTableau]
     problem_types = (ODEProblem,)
-    #: Recommended PI coefficients (beta1, beta2); ``None`` means (0.7/k, 0.4/k).
-    pi_coefficients: ClassVar[tuple[float, float] | None] = None
+    kind = "ode"
+    interpolates = True
+    extra_options = ("dense", "events")
 
     def __init__(self) -> None:
         self._coeff_cache: dict[tuple[torch.dtype, torch.device], _Coefficients] = {}
@@ -112,17 +107,19 @@ class ExplicitRungeKutta(Algorithm):
     def stability_size(self) -> float:
         return self.tableau.stability_size
 
+    @property
+    def error_exponent(self) -> int:
+        return (self.error_order or self.order) + 1
+
+    @property
+    def initial_step_order(self) -> int:
+        return self.error_order or self.order
+
     def default_controller(self) -> Controller:
         """The I controller (as diffrax and torchdiffeq): on smooth non-stiff problems it reaches a
         given error with the fewest evaluations; pass ``controller=PIController()`` (the method's
         recommended betas) when steps are limited by stability."""
         return IController()
-
-    def pi_controller(self, ctrl: PIController) -> PIController:
-        """``ctrl`` with unset betas filled from the method's recommendation (0.7/k, 0.4/k)."""
-        k = (self.error_order or self.order) + 1
-        beta1, beta2 = self.pi_coefficients or (0.7 / k, 0.4 / k)
-        return ctrl.with_defaults(beta1, beta2)
 
     def coefficients(self, dtype: torch.dtype, device: torch.device) -> _Coefficients:
         key = (dtype, device)
@@ -189,38 +186,76 @@ class ExplicitRungeKutta(Algorithm):
         return torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)),
                            torch.zeros_like(den)) / self.stability_size
 
+    # -- the stepper protocol (one code path for the loop and for ``step``) ----------------------
+    def attempt(self, terms: ODETerms, t: float, y: Tensor, dt: float, f0: Tensor | None, g0: Tensor | None,
+                rtol: float, atol: float, need_error: bool = True, need_stiffness: bool = True,
+                t_new: float | None = None) -> StepResult:
+        """One step from ``(t, y)``; ``f0`` is ``f(t, y)`` flattened (``None``: evaluate it)."""
+        nfe = self.stages - 1
+        if f0 is None:
+            f0 = terms.f(time_tensor(t, y.device), y).reshape(-1)
+            nfe += 1
+        y_flat = y.reshape(-1)
+        co = terms.co
+        y1, K, g = self.stages_from(terms.f, t, y_flat, dt, f0, y.shape, co)
+        err = self.error_norm(y_flat, y1, K, dt, rtol, atol, co) if need_error else None
+        stiff = self.stiffness(K, g) if need_stiffness else None
+        return StepResult(y1.view(y.shape), err, stiff, nfe, k=K, f0=f0, f1=K[-1] if self.fsal else None)
+
+    def prepare(self, problem: ODEProblem, options: dict[str, Any], grid: list[float] | None) -> ODETerms:
+        y0 = problem.y0
+        return ODETerms(problem.f, self.coefficients(y0.dtype, y0.device))
+
+    def first_evaluations(self, terms: ODETerms, t0: float, y0: Tensor) -> tuple[Tensor, None, int, int]:
+        f0 = terms.f(time_tensor(t0, y0.device), y0)
+        if not isinstance(f0, Tensor) or f0.shape != y0.shape:
+            got = tuple(f0.shape) if isinstance(f0, Tensor) else type(f0).__name__
+            raise ValueError(f"f(t0, y0) must return a tensor of shape {tuple(y0.shape)}, got {got}")
+        if f0.dtype != y0.dtype:
+            raise ValueError(f"f(t0, y0) returned dtype {f0.dtype}, but y0 has dtype {y0.dtype}")
+        check_finite("f(t0, y0)", f0.detach())
+        return f0.reshape(-1), None, 1, 0
+
+    def dense_piece(self, terms: ODETerms, t_new: float, res: StepResult,
+                    need: bool) -> tuple[Tensor | None, int]:
+        """The stages dense output needs; a non-FSAL method evaluates ``f(t_new, y1)`` for its Hermite
+        interpolant (then reused as the next step's first stage)."""
+        if self.fsal:
+            return res.k, 0
+        if not need:
+            return None, 0
+        f1 = terms.f(time_tensor(t_new, res.y.device), res.y).reshape(-1)
+        res.f1 = f1
+        return torch.cat([res.k, f1[None]]), 1
+
+    def interpolate(self, terms: ODETerms, y_flat: Tensor, piece: Tensor, dt: float,
+                    thetas: list[float]) -> Tensor:
+        return DenseOutput.evaluate_step(terms.co.dense, y_flat, piece, dt, thetas)
+
+    def dense_output(self, terms: ODETerms, shape: torch.Size, direction: float) -> DenseOutput:
+        return DenseOutput(terms.co.dense, shape, direction)
+
+    def make_solution(self, **fields: Any) -> Solution:
+        extras = fields.pop("extras")
+        return Solution(**fields, events=extras["events"])
+
+    # -- one step by hand ---------------------------------------------------------------------------
     def step(self, f, t: float | Tensor, y: Tensor, dt: float | Tensor, *, f0: Tensor | None = None,
-             rtol: float = 1e-6, atol: float = 1e-9) -> StepResult:
+             rtol: float | None = None, atol: float | None = None) -> StepResult:
         """One differentiable step of ``dy/dt = f(t, y)`` from ``(t, y)`` with step ``dt``.
 
         ``f0 = f(t, y)`` may be passed to save an evaluation (FSAL). Returns a
-        :class:`StepResult` with the next state, the scaled error estimate (tolerances
-        ``rtol``/``atol``), the stiffness estimate and the NFE; all tensors stay on the graph.
+        :class:`~solvers.stepping.protocol.StepResult` with the next state, the scaled error
+        estimate (tolerances ``rtol``/``atol``, default :data:`DEFAULT_TOLERANCES` ``["ode"]``), the
+        stiffness estimate, the NFE and the stages; all tensors stay on the graph. This is the very
+        step ``solve`` takes (``attempt``).
         """
-        t = float(t)
-        dt = float(dt)
         if not isinstance(y, Tensor) or not y.is_floating_point():
             raise TypeError("y must be a floating-point tensor")
-        co = self.coefficients(y.dtype, y.device)
-        nfe = self.stages
-        if f0 is None:
-            f0 = f(time_tensor(t, y.device), y)
-        else:
-            nfe -= 1
-        y_flat = y.reshape(-1)
-        y1, K, g = self.stages_from(f, t, y_flat, dt, f0.reshape(-1), y.shape, co)
-        err = self.error_norm(y_flat, y1, K, dt, rtol, atol, co)
-        return StepResult(y=y1.view(y.shape), error_estimate=err, stiffness_estimate=self.stiffness(K, g),
-                          nfe=nfe, k=K)
-
-    # -- solving ------------------------------------------------------------------------------
-    def init(self, problem: ODEProblem, **options: Any):
-        from .integrator import ODEIntegrator
-
-        return ODEIntegrator(problem, self, **options)
-
-    def solve(self, problem: ODEProblem, **options: Any):
-        return self.init(problem, **options).run()
+        d_rtol, d_atol = DEFAULT_TOLERANCES["ode"]
+        terms = ODETerms(f, self.coefficients(y.dtype, y.device))
+        return self.attempt(terms, float(t), y, float(dt), None if f0 is None else f0.reshape(-1), None,
+                            d_rtol if rtol is None else rtol, d_atol if atol is None else atol)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

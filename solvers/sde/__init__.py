@@ -10,23 +10,14 @@
 ((101, 4, 1), 100, 100)
 """
 
+from ..stepping.protocol import StepResult
 from .brownian import GridIncrements, IntervalPath, fixed_grid
-from .integrator import SDEIntegrator, SDESolution
-from .methods import (
-    EM,
-    SRA1,
-    EulerHeun,
-    EulerMaruyama,
-    LambaEM,
-    Milstein,
-    SDEAlgorithm,
-    SDEStepResult,
-    g_prod,
-)
+from .methods import EM, SRA1, EulerHeun, EulerMaruyama, LambaEM, Milstein, SDEAlgorithm, g_prod
+from .solution import SDESolution
 
 #: Every SDE method.
 METHODS = (EulerMaruyama, EulerHeun, Milstein, SRA1, LambaEM)
 
 __all__ = ["EulerMaruyama", "EM", "EulerHeun", "Milstein", "SRA1", "LambaEM", "SDEAlgorithm",
-           "SDEStepResult", "SDEIntegrator", "SDESolution", "GridIncrements", "IntervalPath", "fixed_grid",
+           "StepResult", "SDESolution", "GridIncrements", "IntervalPath", "fixed_grid",
            "g_prod", "METHODS"]

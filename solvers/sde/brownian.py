@@ -110,6 +110,8 @@ class GridIncrements:
                              f"[{ta}, {tb}]") from err
         if return_U and self.U is None:
             raise ValueError("these increments were drawn without levy_area=True; they cannot return U")
+        if j == i + 1:  # one grid step: the hot path of a fixed-step solve
+            return self.dW[i] if not return_U else (self.dW[i], self.U[i])
         dW = self.dW[i:j].sum(0)
         if not return_U:
             return dW

@@ -30,16 +30,18 @@ DCDS-B 22(7) (2017).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from ..algorithm import Algorithm
+from ..checks import check_finite
 from ..problem import SDEProblem
-from ..stepping.controllers import Controller, PIController
+from ..stepping.controllers import DEFAULT_TOLERANCES, Controller, PIController
+from ..stepping.protocol import Stepper, StepResult, nan_scalar
 from ..stepping.times import time_tensor
+from .brownian import GridIncrements, IntervalPath, default_seed
+from .solution import SDESolution
 
 
 def g_prod(gv: Tensor, dW: Tensor, noise: str) -> Tensor:
@@ -60,36 +62,46 @@ def _ratio(num: Tensor, den: Tensor) -> Tensor:
     return torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(den))
 
 
-@dataclass
-class SDEStepResult:
-    """One SDE step from ``(t, y)`` with step ``dt``.
-
-    Attributes:
-        y: the next state.
-        error_estimate: scaled error norm (accept when ``<= 1``); ``NaN`` for methods without one.
-        stiffness_estimate: drift eigenvalue estimate ``||f(b) - f(a)|| / ||b - a||`` over the
-            stability size of the drift part (``NaN`` where not computed).
-        nfe, nge: drift and diffusion evaluations this step used.
-        f0, g0: drift and diffusion at ``(t, y)`` (reused when a step is retried).
-        f1, g1: drift / diffusion at ``(t + dt, y1)`` when the method computed them (FSAL), else None.
-    """
-
-    y: Tensor
-    error_estimate: Tensor
-    stiffness_estimate: Tensor
-    nfe: int
-    nge: int
-    f0: Tensor | None = None
-    g0: Tensor | None = None
-    f1: Tensor | None = None
-    g1: Tensor | None = None
-
-
 def _nan(y: Tensor) -> Tensor:
-    return torch.full((), float("nan"), dtype=y.dtype, device=y.device)
+    return nan_scalar(y)
 
 
-class SDEAlgorithm(Algorithm):
+def _tolerances(rtol: float | None, atol: float | None) -> tuple[float, float]:
+    d_rtol, d_atol = DEFAULT_TOLERANCES["sde"]
+    return (d_rtol if rtol is None else rtol), (d_atol if atol is None else atol)
+
+
+def _brownian_shape(problem: SDEProblem, g0: Tensor) -> tuple[int, ...]:
+    y0 = problem.y0
+    if problem.noise == "diagonal":
+        if g0.shape != y0.shape:
+            raise ValueError(f"diagonal noise: g(t0, y0) must have the shape of y0 {tuple(y0.shape)}, "
+                             f"got {tuple(g0.shape)}")
+        return tuple(y0.shape)
+    if g0.dim() < 2 or g0.shape[-2] != y0.shape[-1]:
+        raise ValueError(f"{problem.noise} noise: g(t0, y0) must have shape (*batch, d={y0.shape[-1]}, m), "
+                         f"got {tuple(g0.shape)}")
+    m = g0.shape[-1]
+    if problem.noise == "scalar" and m != 1:
+        raise ValueError(f"scalar noise: g(t0, y0) must end in a dimension of size 1, got {tuple(g0.shape)}")
+    if problem.brownian_size is not None and m != problem.brownian_size:
+        raise ValueError(f"g(t0, y0) has {m} noise columns but brownian_size = {problem.brownian_size}")
+    return (*y0.shape[:-1], m)
+
+
+class SDETerms:
+    """What one SDE solve's steps need: drift, diffusion, noise type, calculus and the Brownian path."""
+
+    def __init__(self, f, g, noise: str, sde_type: str, path, levy: bool, seed: int | None,
+                 f0: Tensor, g0: Tensor, noise_start: Tensor | None):
+        self.f, self.g, self.noise, self.sde_type = f, g, noise, sde_type
+        self.path, self.levy, self.seed = path, levy, seed
+        self.f0, self.g0 = f0, g0
+        #: ``W(t0) - W(t0) = 0`` when the solve saves the noise (``save_noise=True``), else None.
+        self.noise_start = noise_start
+
+
+class SDEAlgorithm(Stepper):
     """Base class of the SDE methods.
 
     ``solve(SDEProblem(...), Method(), ...)`` options:
@@ -106,6 +118,9 @@ class SDEAlgorithm(Algorithm):
     """
 
     problem_types = (SDEProblem,)
+    kind = "sde"
+    interpolates = False
+    extra_options = ("brownian", "seed", "save_noise")
     strong_order: ClassVar[float] = 0.5
     weak_order: ClassVar[float] = 1.0
     noise_types: ClassVar[tuple[str, ...]] = ("diagonal", "additive", "scalar", "general")
@@ -121,6 +136,64 @@ class SDEAlgorithm(Algorithm):
         k = self.error_exponent
         return PIController(beta1=0.7 / k, beta2=0.4 / k)
 
+    # -- the stepper protocol ---------------------------------------------------------------------
+    def prepare(self, problem: SDEProblem, options: dict[str, Any], grid: list[float] | None) -> SDETerms:
+        """The first drift and diffusion evaluations (validating shapes and finiteness), then the
+        Brownian path: increments drawn up front on a fixed grid, a ``BrownianInterval`` otherwise."""
+        y0 = problem.y0
+        t0, t1 = problem.tspan
+        tt = time_tensor(t0, y0.device)
+        f0 = problem.f(tt, y0)
+        if not isinstance(f0, Tensor) or f0.shape != y0.shape:
+            got = tuple(f0.shape) if isinstance(f0, Tensor) else type(f0).__name__
+            raise ValueError(f"f(t0, y0) must return a tensor of shape {tuple(y0.shape)}, got {got}")
+        g0 = problem.g(tt, y0)
+        if not isinstance(g0, Tensor):
+            raise ValueError(f"g(t0, y0) must return a tensor, got {type(g0).__name__}")
+        check_finite("f(t0, y0)", f0.detach())
+        check_finite("g(t0, y0)", g0.detach())
+        bshape = _brownian_shape(problem, g0)
+        levy = self.needs_levy_area
+        brownian = options.get("brownian")
+        if brownian is not None and not callable(brownian):
+            raise TypeError("brownian must be callable as bm(ta, tb) (e.g. a torchsde.BrownianInterval)")
+        seed = None if brownian is not None else default_seed(options.get("seed"))
+        if brownian is None:
+            if grid is not None:
+                path = GridIncrements(grid, bshape, y0.dtype, y0.device, seed=seed, levy_area=levy)
+            else:
+                path = IntervalPath(t0, t1, bshape, y0.dtype, y0.device, seed=seed, levy_area=levy)
+        else:
+            path = brownian
+            if levy and isinstance(path, GridIncrements) and path.U is None:
+                raise ValueError(f"{type(self).__name__} needs increments drawn with levy_area=True")
+        start = torch.zeros(bshape, dtype=y0.dtype, device=y0.device) if options.get("save_noise") else None
+        return SDETerms(problem.f, problem.g, problem.noise, problem.sde_type, path, levy, seed, f0, g0,
+                        start)
+
+    def first_evaluations(self, terms: SDETerms, t0: float, y0: Tensor) -> tuple[Tensor, Tensor, int, int]:
+        return terms.f0, terms.g0, 1, 1
+
+    def attempt(self, terms: SDETerms, t: float, y: Tensor, dt: float, f0: Tensor | None, g0: Tensor | None,
+                rtol: float, atol: float, need_error: bool = True, need_stiffness: bool = True,
+                t_new: float | None = None) -> StepResult:
+        """One step on the solve's Brownian path over ``[t, t_new]`` (``t_new`` defaults to ``t + dt``)."""
+        tb = t + dt if t_new is None else t_new
+        if terms.levy:
+            dW, U = terms.path(t, tb, return_U=True)
+        else:
+            dW, U = terms.path(t, tb), None
+        res = self.step(terms.f, terms.g, t, y, dt, dW, U, noise=terms.noise, sde_type=terms.sde_type,
+                        f0=f0, g0=g0, rtol=rtol, atol=atol)
+        res.dW = dW
+        return res
+
+    def make_solution(self, **fields: Any) -> SDESolution:
+        extras = fields.pop("extras")
+        fields.pop("interpolant", None)
+        terms = extras["terms"]
+        return SDESolution(**fields, ws=extras["ws"], brownian=terms.path, seed=terms.seed)
+
     def check_problem(self, problem: SDEProblem) -> None:
         name = type(self).__name__
         if problem.noise not in self.noise_types:
@@ -133,15 +206,12 @@ class SDEAlgorithm(Algorithm):
     def step(self, f, g, t: float | Tensor, y: Tensor, dt: float | Tensor, dW: Tensor,
              U: Tensor | None = None, *, noise: str = "diagonal", sde_type: str = "ito",
              f0: Tensor | None = None,
-             g0: Tensor | None = None, rtol: float = 1e-3, atol: float = 1e-6) -> SDEStepResult:
+             g0: Tensor | None = None, rtol: float | None = None, atol: float | None = None) -> StepResult:
         """One differentiable step with increment ``dW`` (``U`` for SRA1). ``f0``/``g0`` may be passed
-        to reuse ``f(t, y)``/``g(t, y)``."""
+        to reuse ``f(t, y)``/``g(t, y)``. ``rtol``/``atol`` (adaptive methods' error estimate) default to
+        :data:`~solvers.stepping.controllers.DEFAULT_TOLERANCES` ``["sde"]``. The loop's ``attempt``
+        calls this very method."""
         raise NotImplementedError
-
-    def solve(self, problem: SDEProblem, **options: Any):
-        from .integrator import SDEIntegrator
-
-        return SDEIntegrator(problem, self, **options).run()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -153,7 +223,7 @@ class EulerMaruyama(SDEAlgorithm):
     strong_order = 0.5
 
     def step(self, f, g, t, y, dt, dW, U=None, *, noise="diagonal", sde_type="ito", f0=None, g0=None,
-             rtol=1e-3, atol=1e-6):
+             rtol=None, atol=None):
         t, h = float(t), float(dt)
         tt = time_tensor(t, y.device)
         nfe = nge = 0
@@ -162,7 +232,7 @@ class EulerMaruyama(SDEAlgorithm):
         if g0 is None:
             g0, nge = g(tt, y), 1
         y1 = torch.add(y, f0, alpha=h) + g_prod(g0, dW, noise)
-        return SDEStepResult(y1, _nan(y), _nan(y), nfe, nge, f0, g0)
+        return StepResult(y1, _nan(y), _nan(y), nfe, nge, f0=f0, g0=g0)
 
 
 class EulerHeun(SDEAlgorithm):
@@ -174,7 +244,7 @@ class EulerHeun(SDEAlgorithm):
     sde_types = ("stratonovich",)
 
     def step(self, f, g, t, y, dt, dW, U=None, *, noise="diagonal", sde_type="stratonovich", f0=None,
-             g0=None, rtol=1e-3, atol=1e-6):
+             g0=None, rtol=None, atol=None):
         t, h = float(t), float(dt)
         tt = time_tensor(t, y.device)
         nfe, nge = 0, 1
@@ -185,7 +255,7 @@ class EulerHeun(SDEAlgorithm):
         gdw0 = g_prod(g0, dW, noise)
         g1 = g(time_tensor(t + h, y.device), y + gdw0)
         y1 = torch.add(y, f0, alpha=h) + 0.5 * (gdw0 + g_prod(g1, dW, noise))
-        return SDEStepResult(y1, _nan(y), _nan(y), nfe, nge, f0, g0)
+        return StepResult(y1, _nan(y), _nan(y), nfe, nge, f0=f0, g0=g0)
 
 
 class Milstein(SDEAlgorithm):
@@ -210,7 +280,7 @@ class Milstein(SDEAlgorithm):
         return f"Milstein(derivative={self.derivative!r})"
 
     def step(self, f, g, t, y, dt, dW, U=None, *, noise="diagonal", sde_type="ito", f0=None, g0=None,
-             rtol=1e-3, atol=1e-6):
+             rtol=None, atol=None):
         if noise != "diagonal":
             raise ValueError("Milstein is implemented for diagonal noise")
         t, h = float(t), float(dt)
@@ -233,7 +303,7 @@ class Milstein(SDEAlgorithm):
             nge += 1
         corr = dW * dW - h if sde_type == "ito" else dW * dW
         y1 = torch.add(y, f0, alpha=h) + g0 * dW + 0.5 * gg * corr
-        return SDEStepResult(y1, _nan(y), _nan(y), nfe, nge, f0, g0)
+        return StepResult(y1, _nan(y), _nan(y), nfe, nge, f0=f0, g0=g0)
 
 
 class SRA1(SDEAlgorithm):
@@ -263,7 +333,7 @@ class SRA1(SDEAlgorithm):
         self.delta = float(delta)
 
     def step(self, f, g, t, y, dt, dW, U=None, *, noise="additive", sde_type="ito", f0=None, g0=None,
-             rtol=1e-3, atol=1e-6):
+             rtol=None, atol=None):
         if U is None:
             raise ValueError("SRA1 needs U = int (W_s - W_t) ds (a path with levy_area=True)")
         t, h = float(t), float(dt)
@@ -281,10 +351,10 @@ class SRA1(SDEAlgorithm):
         En = g_prod(g0 - gh, chi, noise)
         y1 = y + h * (f0 / 3 + 2 * k2 / 3) + g_prod(gh, dW, noise) + En
         Ed = (2 * h / 3) * (k2 - f0)
-        err = scaled_rms(self.delta * Ed.abs() + En.abs(), y, y1, rtol, atol)
+        err = scaled_rms(self.delta * Ed.abs() + En.abs(), y, y1, *_tolerances(rtol, atol))
         stiff = _ratio(torch.linalg.vector_norm(k2 - f0), torch.linalg.vector_norm(H2 - y))
         stiff = stiff / self.stability_size
-        return SDEStepResult(y1, err, stiff, nfe, nge, f0, g0, None, gh)
+        return StepResult(y1, err, stiff, nfe, nge, f0=f0, g0=g0, g1=gh)
 
 
 class LambaEM(SDEAlgorithm):
@@ -304,7 +374,7 @@ class LambaEM(SDEAlgorithm):
         self.delta = float(delta)
 
     def step(self, f, g, t, y, dt, dW, U=None, *, noise="diagonal", sde_type="ito", f0=None, g0=None,
-             rtol=1e-3, atol=1e-6):
+             rtol=None, atol=None):
         t, h = float(t), float(dt)
         dev = y.device
         tt = time_tensor(t, dev)
@@ -318,10 +388,10 @@ class LambaEM(SDEAlgorithm):
         f1, g1 = f(t1, y1), g(t1, y1)
         Ed = (0.5 * h) * (f1 - f0)
         En = 0.5 * g_prod(g1 - g0, dW, noise)
-        err = scaled_rms(self.delta * Ed.abs() + En.abs(), y, y1, rtol, atol)
+        err = scaled_rms(self.delta * Ed.abs() + En.abs(), y, y1, *_tolerances(rtol, atol))
         stiff = _ratio(torch.linalg.vector_norm(f1 - f0), torch.linalg.vector_norm(y1 - y))
         stiff = stiff / self.stability_size
-        return SDEStepResult(y1, err, stiff, nfe, nge, f0, g0, f1, g1)
+        return StepResult(y1, err, stiff, nfe, nge, f0=f0, g0=g0, f1=f1, g1=g1)
 
 
 EM = EulerMaruyama

@@ -18,10 +18,17 @@ Choosing one:
   ``(pcoeff, icoeff)`` pairs: (0.4, 0.3) and (0.3, 0.3) for smooth non-stiff problems, (0.2, 0.4) when
   steps are often stability limited, (0.1, 0.3) for SDEs; ``(0, 1, 0)`` is the I controller.
 * :class:`ConstantStepSize` is what ``dt=`` selects: every step accepted.
+
+Tolerances and the first step belong to the controller. Every controller takes keyword-only
+``rtol`` / ``atol``; ``solve(..., rtol=, atol=)`` sets them for one solve (passing both ways is an
+error); where neither says, :data:`DEFAULT_TOLERANCES` for the problem kind applies. The starting
+step of an adaptive solve is :meth:`Controller.initial_step` (Hairer's heuristic) unless ``dt0=``
+is given.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -39,11 +46,46 @@ class ControllerState:
     prev_prev_error: float = 1.0
 
 
+#: Default ``(rtol, atol)`` of every time-stepping solve, by problem kind: the one place they are set.
+#: ODEs: 1e-6 / 1e-9 (float64 reference accuracy at a moderate cost; as OrdinaryDiffEq's 1e-6 rtol
+#: with a tighter atol, since states here are often O(1) and a 1e-6 atol would dominate near zero).
+#: SDEs: 1e-3 / 1e-6 (strong order 0.5-1.5 methods: tighter tolerances buy little, as torchsde's
+#: 1e-5 atol / 1e-5 rtol defaults cost many times more steps for the same statistical error).
+DEFAULT_TOLERANCES: dict[str, tuple[float, float]] = {"ode": (1e-6, 1e-9), "sde": (1e-3, 1e-6)}
+
+
+@dataclass(frozen=True, kw_only=True)
 class Controller:
-    """Base class: ``adapt(state, dt, error, k) -> (accept, dt_next)``; ``k`` = embedded order + 1."""
+    """Base class: ``adapt(state, dt, error, k) -> (accept, dt_next)``; ``k`` = embedded order + 1.
+
+    Args:
+        rtol, atol: the tolerances of the scaled error estimate (keyword-only; ``None``: the
+            solve's options, else :data:`DEFAULT_TOLERANCES`).
+    """
+
+    rtol: float | None = None
+    atol: float | None = None
 
     def new_state(self) -> ControllerState:
         return ControllerState()
+
+    def tolerances(self, options: dict, kind: str) -> tuple[float, float]:
+        """``(rtol, atol)`` for one solve: ``solve``'s options, else the controller's own, else the
+        defaults of ``kind``. Validation of the values is the caller's (``checks.step_options``)."""
+        d_rtol, d_atol = DEFAULT_TOLERANCES[kind]
+        out = []
+        for name, default in (("rtol", d_rtol), ("atol", d_atol)):
+            mine, given = getattr(self, name), options.get(name)
+            if mine is not None and given is not None:
+                raise ValueError(f"{name} was passed both to solve ({given!r}) and to the controller "
+                                 f"({mine!r}): pass it once")
+            out.append(given if given is not None else (mine if mine is not None else default))
+        return out[0], out[1]
+
+    def initial_step(self, f, t0: float, y0: Tensor, f0: Tensor, direction: float, order: int,
+                     rtol: float, atol: float) -> tuple[float, int]:
+        """The first step of an adaptive solve: Hairer's heuristic (:func:`initial_step`)."""
+        return initial_step(f, t0, y0, f0, direction, order, rtol, atol)
 
     def adapt(self, state: ControllerState, dt: float, error: float, k: int) -> tuple[bool, float]:
         raise NotImplementedError
@@ -118,9 +160,8 @@ class PIController(Controller):
         _check_factors(self.gamma, self.qmin, self.qmax)
 
     def with_defaults(self, beta1: float, beta2: float) -> PIController:
-        return PIController(self.beta1 if self.beta1 is not None else beta1,
-                            self.beta2 if self.beta2 is not None else beta2,
-                            self.gamma, self.qmin, self.qmax)
+        return dataclasses.replace(self, beta1=self.beta1 if self.beta1 is not None else beta1,
+                                   beta2=self.beta2 if self.beta2 is not None else beta2)
 
     def adapt(self, state: ControllerState, dt: float, error: float, k: int) -> tuple[bool, float]:
         beta1 = self.beta1 if self.beta1 is not None else 0.7 / k
