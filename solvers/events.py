@@ -264,7 +264,7 @@ class EventTracker:
         self.direction = float(direction)
         self.shape, self.dtype, self.device = y0.shape, y0.dtype, y0.device
         self._t = t0
-        g0 = self._values(t0, y0, "(t0, y0)")
+        g0 = self._values(t0, y0, "(t0, y0)", validate=True)
         # The sign of g at the last step end; 0 means "exactly zero there": no crossing is counted
         # from it (a zero at t0 is not an event, a zero at a step end was counted in that step).
         self._sign = [_sign(v) for v in g0]
@@ -275,13 +275,19 @@ class EventTracker:
         self.nfe_condition = len(events)  # condition evaluations, for diagnostics
 
     # -- evaluation ----------------------------------------------------------------------------
-    def _values(self, t: float, y: Tensor, where: str) -> list[float]:
-        """All conditions at ``(t, y)`` as floats (one host sync for all of them)."""
+    def _values(self, t: float, y: Tensor, where: str, validate: bool = False) -> list[float]:
+        """All conditions at ``(t, y)`` as floats (one host sync for all of them). Every step runs
+        this, so after the full check at ``t0`` only the cheap ones remain (a 0-d tensor stays one)."""
         tt = time_tensor(t, self.device)
         with torch.no_grad():
-            vals = [_scalar(ev.condition(tt, y), i, where).to(torch.float64)
-                    for i, ev in enumerate(self.events)]
-            out = torch.stack(vals).tolist() if len(vals) > 1 else [vals[0].item()]
+            vals = [ev.condition(tt, y) for ev in self.events]
+        for i, v in enumerate(vals):
+            if validate or not isinstance(v, Tensor) or v.dim() != 0:
+                vals[i] = _scalar(v, i, where)
+        if len(vals) == 1:
+            out = [vals[0].item()]
+        else:
+            out = torch.stack([v.to(torch.float64) for v in vals]).tolist()
         for i, v in enumerate(out):
             if not math.isfinite(v):
                 raise ValueError(f"event {i}: condition is {v} at t = {t!r} ({where}); it must be finite")
