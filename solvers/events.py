@@ -1,4 +1,4 @@
-r"""Events: zero crossings of ``g(t, y(t))`` located on the dense output, with differentiable times.
+"""Events: zero crossings of ``g(t, y(t))`` located on the dense output, with differentiable times.
 
 An :class:`Event` names a condition ``g(t, y)``; the solve stops (``terminal=True``) or records the
 crossing and goes on. :class:`EventTracker` is what the step loop calls after every accepted step:
@@ -21,22 +21,21 @@ crossing and goes on. :class:`EventTracker` is what the step loop calls after ev
    the end of the final bracket on the *far* side of the root (``g`` already has its new sign
    there, or is zero), so a solve restarted from the event state does not see the same crossing
    again.
-3. **Gradients (implicit function theorem).** At the root ``g(t*, y(t*; theta); theta) = 0``, so
+3. **Gradients (implicit function theorem).** At the root ``g(t*, y(t*; theta); theta) = 0``;
+   differentiating in ``theta`` (``y`` moves with ``t*``, ``dy/dt = f``):
 
-   .. math::
-       \frac{dt^*}{d\theta} = -\frac{\partial_y g \cdot \partial_\theta y(t^*) + \partial_\theta g}
-                                   {\partial_t g + \partial_y g \cdot f(t^*, y^*)}.
+       dt*/dtheta = -(g_y . dy/dtheta + g_theta) / (g_t + g_y . f(t*, y*)).
 
    With ``t_d`` the located root (a float, no graph) and ``y_d = y_h(t_d)`` (which carries the graph
    of the solve), the tracker returns
 
-   .. math::
-       t^* = t_d - \frac{g(t_d, y_d) - \mathrm{sg}[g(t_d, y_d)]}{\mathrm{sg}[\partial_t g + \partial_y g
-             \cdot f]}, \qquad y^* = y_d + \mathrm{sg}[f(t_d, y_d)]\,(t^* - t_d),
+       t* = t_d - (g(t_d, y_d) - sg[g(t_d, y_d)]) / sg[g_t + g_y . f(t_d, y_d)],
+       y* = y_d + sg[f(t_d, y_d)] (t* - t_d),
 
    ``sg`` the stop-gradient. The value of ``t*`` is ``t_d`` and its first derivative is the IFT
-   one above; ``y*`` has the value ``y_d`` and the total derivative ``dy/dtheta + f dt*/dtheta`` of
-   the state at a moving event time. This is the construction of Chen, Amos & Nickel, "Learning
+   one above (the numerator's derivative is ``g_y . dy_d/dtheta + g_theta`` at fixed ``t_d``);
+   ``y*`` has the value ``y_d`` and the total derivative ``dy/dtheta + f dt*/dtheta`` of the state
+   at a moving event time. This is the construction of Chen, Amos & Nickel, "Learning
    neural event functions for ordinary differential equations", ICLR 2021 (torchdiffeq's
    ``odeint_event``), applied to the backpropagated dense output instead of an adjoint solve.
    Second derivatives of ``t*`` are not those of the true event time (the denominator is

@@ -440,3 +440,13 @@ def test_solve_events_with_fixed_steps_and_other_methods(method, opts):
     assert sol.retcode is ReturnCode.EVENT
     # A quadratic: every method of order >= 2 with its dense output is exact up to rounding.
     assert sol.t_final == pytest.approx(math.sqrt(2 * 2.0 / GRAV), abs=1e-10)
+
+
+def test_tangential_crossing_warns_and_returns_no_gradient():
+    # g = (t - 1)^3 crosses zero at t = 1 with dg/dt = 0 there: the IFT denominator vanishes.
+    y0 = torch.tensor([1.0], dtype=F64, requires_grad=True)
+    exact = lambda t: y0 * 1.0  # noqa: E731
+    tr = EventTracker(Event(lambda t, y: (t - 1) ** 3 + 0 * y[0]), 0.0, exact(0.0), 1.0)
+    with pytest.warns(RuntimeWarning, match="tangential"):
+        (hit,) = feed(tr, [0.0, 2.0], exact, f=lambda t, y: torch.zeros_like(y))
+    assert hit.t_float == 1.0 and not hit.t.requires_grad
