@@ -51,6 +51,7 @@ from solvers.algorithm import Algorithm
 from solvers.ode import RK4
 from solvers.problem import SDEProblem
 from solvers.sde import EulerMaruyama, SDEAlgorithm
+from solvers.stepping import DEFAULT_TOLERANCES
 
 from .paths import ControlPath, Interpolation, check_times
 
@@ -157,7 +158,7 @@ class _SDEClassifier(PathClassifier):
     def __init__(self, input_channels: int, num_classes: int, hidden_dim: int = 32, width: int = 32,
                  layers: int = 1, interpolation: Interpolation = "hermite",
                  solver: SDEAlgorithm | None = None,
-                 dt: float | None = None, rtol: float = 1e-2, atol: float = 1e-2,
+                 dt: float | None = None, rtol: float | None = None, atol: float | None = None,
                  time_scale: float | str = 1.0, intensity: bool = False):
         super().__init__(input_channels, num_classes, hidden_dim, width, layers, interpolation, intensity)
         if not (time_scale == "interval" or (isinstance(time_scale, (int, float)) and time_scale > 0)):
@@ -167,7 +168,10 @@ class _SDEClassifier(PathClassifier):
         solver = EulerMaruyama() if solver is None else solver
         if not isinstance(solver, SDEAlgorithm):
             raise TypeError(f"solver must be a solvers.sde method, got {type(solver).__name__}")
-        self.solver, self.dt, self.rtol, self.atol = solver, dt, rtol, atol
+        d_rtol, d_atol = DEFAULT_TOLERANCES["stable_sde"]
+        self.rtol = d_rtol if rtol is None else rtol
+        self.atol = d_atol if atol is None else atol
+        self.solver, self.dt = solver, dt
         cin = self.path_channels
         self.initial = nn.Linear(cin, hidden_dim)       # z(t0) = zeta(X(t0))
         self.embed = nn.Linear(cin, hidden_dim)         # embedding of X(t) inside z~
@@ -285,7 +289,8 @@ class _StableSDE(_SDEClassifier):
     def __init__(self, input_channels: int, num_classes: int, hidden_dim: int = 32, width: int = 32,
                  layers: int = 1, interpolation: Interpolation = "hermite",
                  solver: SDEAlgorithm | None = None,
-                 dt: float | None = None, rtol: float = 1e-2, atol: float = 1e-2, bounded: bool = True,
+                 dt: float | None = None, rtol: float | None = None, atol: float | None = None,
+                 bounded: bool = True,
                  time_scale: float | str = 1.0, intensity: bool = False):
         super().__init__(input_channels, num_classes, hidden_dim, width, layers, interpolation, solver, dt,
                          rtol, atol, time_scale, intensity)
@@ -418,7 +423,7 @@ class NeuralSDEClassifier(_SDEClassifier):
     def __init__(self, input_channels: int, num_classes: int, hidden_dim: int = 32, width: int = 32,
                  layers: int = 1, interpolation: Interpolation = "hermite",
                  solver: SDEAlgorithm | None = None,
-                 dt: float | None = None, rtol: float = 1e-2, atol: float = 1e-2,
+                 dt: float | None = None, rtol: float | None = None, atol: float | None = None,
                  time_scale: float | str = 1.0, intensity: bool = False):
         super().__init__(input_channels, num_classes, hidden_dim, width, layers, interpolation, solver, dt,
                          rtol, atol, time_scale, intensity)

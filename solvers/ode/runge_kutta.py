@@ -62,7 +62,7 @@ class ExplicitRungeKutta(Stepper):
     * ``dense`` (True): keep the stages so that ``sol(t)`` works anywhere in the span.
     * ``trace`` (False): record every attempted step in ``sol.trace``; with gradients enabled the
       error and stiffness estimates stay on the autograd graph.
-    * ``controller``: an :mod:`~solvers.ode.controllers` instance (default: ``IController()``;
+    * ``controller``: an :mod:`~solvers.stepping.controllers` instance (default: ``IController()``;
       a ``PIController()`` without betas takes the method's recommended ones).
     * ``max_steps`` (100000), ``dtmin`` (0: the floating-point resolution of t), ``dtmax`` (inf).
     * ``throw`` (True): raise :class:`~solvers.solution.SolverError` on failure; ``False`` returns

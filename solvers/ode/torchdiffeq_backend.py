@@ -19,6 +19,7 @@ from ..algorithm import Algorithm
 from ..checks import check_options, check_tolerance
 from ..problem import ODEProblem
 from ..solution import ReturnCode, Solution, SolverError, Stats, as_time_tensor
+from ..stepping.controllers import DEFAULT_TOLERANCES
 
 _OPTIONS = ("rtol", "atol", "saveat", "dt", "options", "adjoint_params", "adjoint_options", "throw")
 
@@ -83,8 +84,9 @@ class TorchDiffEq(Algorithm):
         import torchdiffeq
 
         check_options(options, _OPTIONS, f"solve with {self!r}")
-        rtol = check_tolerance("rtol", options.get("rtol", 1e-6))
-        atol = check_tolerance("atol", options.get("atol", 1e-9))
+        d_rtol, d_atol = DEFAULT_TOLERANCES["ode"]
+        rtol = check_tolerance("rtol", options.get("rtol", d_rtol))
+        atol = check_tolerance("atol", options.get("atol", d_atol))
         y0 = problem.y0
         saveat = options.get("saveat")
         ts = as_time_tensor(problem.tspan if saveat is None else saveat)
