@@ -272,6 +272,7 @@ class EventTracker:
         self._hits: list[EventHit] = []
         self.terminated: EventHit | None = None
         self.nfe_condition = len(events)  # condition evaluations, for diagnostics
+        self.nfe = 0  # vector-field evaluations (one per hit with a gradient): the loop may add them
 
     # -- evaluation ----------------------------------------------------------------------------
     def _values(self, t: float, y: Tensor, where: str, validate: bool = False) -> list[float]:
@@ -379,6 +380,7 @@ class EventTracker:
             if g.requires_grad:
                 with torch.no_grad():
                     fv = f(tt, y_d.detach())
+                self.nfe += 1
                 denom = self._denominator(cond, t_d, y_d.detach(), fv, i)
                 if denom is None:
                     warnings.warn(f"event {i} at t = {t_d!r}: dg/dt along the solution is zero (a tangential "

@@ -450,3 +450,16 @@ def test_tangential_crossing_warns_and_returns_no_gradient():
     with pytest.warns(RuntimeWarning, match="tangential"):
         (hit,) = feed(tr, [0.0, 2.0], exact, f=lambda t, y: torch.zeros_like(y))
     assert hit.t_float == 1.0 and not hit.t.requires_grad
+
+
+def test_vector_field_evaluations_are_counted():
+    h = torch.tensor(2.0, dtype=F64, requires_grad=True)
+    prob = ball(h)
+    tr = EventTracker(GROUND, 0.0, prob.y0, 1.0)
+    t_hit = math.sqrt(2 * 2.0 / GRAV)
+
+    def exact(t):
+        return torch.stack([h - GRAV * t**2 / 2, torch.full_like(h, -GRAV * t)])
+
+    (hit,) = feed(tr, [0.0, 0.5, 1.0], exact, f=prob.f)
+    assert hit.t_float == pytest.approx(t_hit, abs=1e-14) and tr.nfe == 1 and tr.nfe_condition > 3
