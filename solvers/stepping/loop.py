@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 #: The options every stepped solve takes; methods add theirs (``Stepper.extra_options``).
 LOOP_OPTIONS = ("rtol", "atol", "dt", "dt0", "saveat", "trace", "controller", "max_steps", "dtmin",
-                "dtmax", "throw", "progress")
+                "dtmax", "throw", "progress", "events")
 
 
 def step_grid(t0: float, t1: float, dt: float, stops: list[float] = ()) -> list[float]:
@@ -359,7 +359,8 @@ class Integrator:
                 stiffness_estimate=torch.stack(tr["stiff"]) if tr["stiff"] else empty,
                 stability_size=self.alg.stability_size)
         extra = {"nge": self.nge} if self.alg.kind == "sde" else {}
-        stats = Stats(nfe=self.nfe, naccept=self.naccept, nreject=self.nreject, extra=extra)
+        nfe = self.nfe + (self._events.nfe if self._events is not None else 0)
+        stats = Stats(nfe=nfe, naccept=self.naccept, nreject=self.nreject, extra=extra)
         ys = torch.stack(self._ys) if self._ys else self.y.new_zeros((0, *self.shape))
         return self.alg.make_solution(
             ts=as_time_tensor(self._ts), ys=ys, stats=stats, retcode=code or ReturnCode.TERMINATED,
