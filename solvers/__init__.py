@@ -17,6 +17,7 @@ from .adjoint import (
 )
 from .algorithm import Algorithm
 from .api import init, solve
+from .events import Event, EventRecord
 from .ode import (
     METHODS,
     RK4,
@@ -41,7 +42,7 @@ from .solution import ReturnCode, Solution, SolverError, Stats, StepTrace
 __version__ = "0.1.0"
 
 __all__ = [
-    "Algorithm", "solve", "init",
+    "Algorithm", "solve", "init", "Event", "EventRecord",
     "ODEProblem", "SDEProblem", "LinearProblem", "IntegralProblem",
     "Solution", "Stats", "StepTrace", "ReturnCode", "SolverError",
     "ButcherTableau", "Euler", "Midpoint", "Heun", "Ralston", "RK4", "Bosh3", "Dopri5", "Tsit5", "Verner65",

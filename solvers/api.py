@@ -34,9 +34,12 @@ def _check_adjoint(adjoint: Any) -> None:
 def solve(problem: Any, algorithm: Algorithm, adjoint: Adjoint | None = None, **options: Any) -> Any:
     """Solve ``problem`` with ``algorithm``; see each algorithm's docs for its options.
 
-    ODE options (explicit Runge-Kutta methods): ``rtol``, ``atol``, ``dt`` (fixed step), ``dt0``
-    (first adaptive step), ``saveat``, ``dense``, ``trace``, ``controller``, ``max_steps``,
-    ``dtmin``, ``dtmax``, ``throw``.
+    Time-stepping methods (ODE and SDE, one loop: :mod:`solvers.stepping`) take ``rtol``, ``atol``
+    (defaults: :data:`~solvers.stepping.controllers.DEFAULT_TOLERANCES`), ``dt`` (fixed step),
+    ``dt0`` (first adaptive step), ``saveat``, ``trace``, ``controller``, ``max_steps``, ``dtmin``,
+    ``dtmax``, ``throw``, ``progress`` and ``events`` (an :class:`~solvers.events.Event` or several;
+    methods with dense output). ODE methods add ``dense``; SDE methods ``brownian``, ``seed``,
+    ``save_noise``.
 
     ``adjoint`` chooses how gradients of the solution are computed (:mod:`solvers.adjoint`):
     ``None`` or ``Backprop()`` differentiates through the step loop; ``BacksolveAdjoint()``,
@@ -51,6 +54,8 @@ def solve(problem: Any, algorithm: Algorithm, adjoint: Adjoint | None = None, **
 
 
 def init(problem: Any, algorithm: Algorithm, **options: Any) -> Any:
-    """An integrator that can be stepped by hand (``integ.step()``), then ``integ.solution()``."""
+    """An integrator that can be stepped by hand (``integ.step()``), then ``integ.solution()``.
+
+    Works for every time-stepping method, ODE and SDE (:class:`~solvers.stepping.loop.Integrator`)."""
     _check(problem, algorithm)
     return algorithm.init(problem, **options)

@@ -97,11 +97,9 @@ def test_gradient_matches_exact_linear_flow(name):
 @pytest.mark.parametrize("saveat", [None, [0.0, 0.13, 0.5, 0.91]], ids=["every_step", "saveat"])
 @pytest.mark.parametrize("n", [1, 2, 5])
 def test_checkpoint_equals_backprop(alg, kw, saveat, n):
-    """The recomputation replays the forward's accepted steps: on the same steps (fixed dt) the
-    gradient is backprop's to rounding. Adaptive: the graph-free forward solve sums some stages in
-    another order than backprop's graph-keeping one, and the error estimate (a sum that cancels to
-    ~1e-8 of its terms) turns those few ulps into ~1e-9 relative differences of the step sizes, so
-    the two solves take slightly different steps: 1e-6 there."""
+    """The recomputation replays the forward's accepted steps, and a graph-free step sums its stages
+    in the same order as a graph-keeping one, so the graph-free forward takes bit-identical steps to
+    Backprop's, fixed or adaptive: the gradient is backprop's to rounding."""
     f = MLP()
     y0 = torch.randn(5, 2, dtype=F64, generator=torch.Generator().manual_seed(1)).requires_grad_()
     prob = ODEProblem(f, y0, (0.0, 1.0))
@@ -109,8 +107,8 @@ def test_checkpoint_equals_backprop(alg, kw, saveat, n):
     ref = solve(prob, alg, saveat=saveat, **kw)
     g_ref = _grads(ref.ys.pow(2).sum() + ref.y_final.sum(), params)
     sol = solve(prob, alg, adjoint=CheckpointAdjoint(n), saveat=saveat, **kw)
-    tol = 1e-12 if "dt" in kw else 1e-6
-    assert sol.stats.naccept == ref.stats.naccept and torch.allclose(sol.ts, ref.ts, rtol=tol, atol=0)
+    tol = 1e-12
+    assert sol.stats.naccept == ref.stats.naccept and torch.equal(sol.ts, ref.ts)
     assert torch.allclose(sol.ys.detach(), ref.ys.detach(), rtol=tol, atol=tol * 1e-2)
     g = _grads(sol.ys.pow(2).sum() + sol.y_final.sum(), params)
     assert _maxdiff(g, g_ref) <= 100 * tol * _scale(g_ref)
@@ -246,8 +244,9 @@ def test_bad_input():
     # A plain function with nothing to differentiate: a clear error instead of a silent zero gradient.
     w = torch.ones(2, dtype=F64, requires_grad=True)
     plain = ODEProblem(lambda t, y: -w * y, torch.ones(2, dtype=F64), (0.0, 1.0))
-    with pytest.raises(ValueError, match="nothing to differentiate"):
-        solve(plain, Tsit5(), adjoint=BacksolveAdjoint())
+    for adj in (BacksolveAdjoint(), CheckpointAdjoint(2)):
+        with pytest.raises(ValueError, match="nothing to differentiate"):
+            solve(plain, Tsit5(), adjoint=adj)
     sol = solve(plain, Tsit5(), adjoint=BacksolveAdjoint(params=[w]))
     (gw,) = torch.autograd.grad(sol.y_final.sum(), w)
     assert abs(float(gw[0]) + math.exp(-1.0)) < 1e-5  # d/dw e^{-w} at w = 1

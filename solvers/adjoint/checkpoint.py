@@ -33,7 +33,7 @@ from ..ode.dense import DenseOutput
 from ..problem import ODEProblem
 from ..solution import Stats
 from ..stepping.times import time_tensor
-from .base import Adjoint
+from .base import Adjoint, nothing_to_differentiate
 from .common import ATOL, RTOL, check_own_method, with_graph
 
 
@@ -75,6 +75,7 @@ class CheckpointAdjoint(Adjoint):
     def solve(self, problem: ODEProblem, algorithm: Algorithm, **options: Any):
         check_own_method(self, problem, algorithm)
         params = self.parameters_of(problem)
+        nothing_to_differentiate(problem, params, "CheckpointAdjoint")
         options = dict(options)
         options.setdefault("dense", False)
         if not torch.is_grad_enabled() or not (params or problem.y0.requires_grad):
