@@ -50,7 +50,7 @@ from solvers.algorithm import Algorithm
 from solvers.ode.runge_kutta import ExplicitRungeKutta
 from solvers.problem import SDEProblem
 from solvers.sde import LambaEM, SDEAlgorithm
-from solvers.stepping.controllers import ControllerState, IController, initial_step
+from solvers.stepping.controllers import DEFAULT_TOLERANCES, ControllerState, IController, initial_step
 
 _SENSITIVITIES = ("backprop", "adjoint")
 
@@ -101,6 +101,12 @@ def _times(ts: Any, default: tuple[float, float]) -> Tensor:
         raise ValueError(f"ts must be strictly increasing, got {t.tolist()}")
     return t
 
+
+
+def _tolerances(kind: str, rtol: float | None, atol: float | None) -> tuple[float, float]:
+    """The model's tolerances: the given ones, else ``DEFAULT_TOLERANCES[kind]``."""
+    d_rtol, d_atol = DEFAULT_TOLERANCES[kind]
+    return float(d_rtol if rtol is None else rtol), float(d_atol if atol is None else atol)
 
 class _Counter:
     """Vector-field evaluations, split by phase (forward solve / regulariser / backward)."""
@@ -168,7 +174,8 @@ class NeuralODE(_CountsEvaluations, nn.Module):
             :class:`~solvers.TorchDiffEq` for :class:`~solvers.TorchDiffEqAdjoint` (default there:
             ``TorchDiffEq(adjoint_method)``). It is always the method that runs: an adjoint that
             cannot use it raises ``ValueError``.
-        rtol, atol: tolerances of the adaptive solve; ``dt``: fixed step instead.
+        rtol, atol: tolerances of the adaptive solve (default ``DEFAULT_TOLERANCES["neural_ode"]``,
+            1e-3 / 1e-4); ``dt``: fixed step instead.
         adjoint: how gradients are computed (default :class:`~solvers.Backprop`; see the module docs).
         sensitivity: deprecated alias of ``adjoint`` (``"backprop"`` / ``"adjoint"``).
         tspan: default ``(t0, t1)`` when ``forward`` gets no ``ts``.
@@ -178,8 +185,8 @@ class NeuralODE(_CountsEvaluations, nn.Module):
     ``nfe_backward`` (read it after ``loss.backward()``), ``nfe_regularizer``, ``reg_loss``.
     """
 
-    def __init__(self, vector_field: nn.Module, solver: Algorithm | None = None, *, rtol: float = 1e-3,
-                 atol: float = 1e-4, dt: float | None = None, adjoint: Adjoint | None = None,
+    def __init__(self, vector_field: nn.Module, solver: Algorithm | None = None, *, rtol: float | None = None,
+                 atol: float | None = None, dt: float | None = None, adjoint: Adjoint | None = None,
                  sensitivity: str | None = None, adjoint_method: str = "dopri5",
                  tspan: tuple[float, float] = (0.0, 1.0), solve_options: dict | None = None):
         super().__init__()
@@ -209,7 +216,7 @@ class NeuralODE(_CountsEvaluations, nn.Module):
         else:
             raise ValueError(f"{adjoint!r} does not differentiate ODE solves")
         self.solver = solver
-        self.rtol, self.atol, self.dt = float(rtol), float(atol), dt
+        self.rtol, self.atol, self.dt = *_tolerances("neural_ode", rtol, atol), dt
         self.tspan = (float(tspan[0]), float(tspan[1]))
         self.solve_options = dict(solve_options or {})
         self.counter = _Counter()
@@ -337,7 +344,8 @@ class NeuralSDE(_CountsEvaluations, nn.Module):
             :class:`~solvers.problem.SDEProblem` for the chosen ``noise``).
         solver: a ``solvers.sde`` method (default :class:`~solvers.sde.LambaEM`, adaptive).
         noise, sde_type: as in :class:`~solvers.problem.SDEProblem`.
-        rtol, atol, dt: adaptive tolerances or a fixed step.
+        rtol, atol, dt: adaptive tolerances (default ``DEFAULT_TOLERANCES["neural_sde"]``, 1e-2 / 1e-3)
+            or a fixed step.
         adjoint: :class:`~solvers.Backprop` (default: through our solver) or
             :class:`~solvers.TorchSDEAdjoint` (``torchsde.sdeint_adjoint`` with its method; a fixed
             step ``dt`` is required). Our ODE adjoints do not apply to SDEs (``ValueError``).
@@ -349,7 +357,8 @@ class NeuralSDE(_CountsEvaluations, nn.Module):
     """
 
     def __init__(self, drift: nn.Module, diffusion: nn.Module, solver: SDEAlgorithm | None = None, *,
-                 noise: str = "diagonal", sde_type: str = "ito", rtol: float = 1e-2, atol: float = 1e-3,
+                 noise: str = "diagonal", sde_type: str = "ito", rtol: float | None = None,
+                 atol: float | None = None,
                  dt: float | None = None, adjoint: Adjoint | None = None, sensitivity: str | None = None,
                  adjoint_method: str = "euler", tspan: tuple[float, float] = (0.0, 1.0),
                  solve_options: dict | None = None):
@@ -373,7 +382,7 @@ class NeuralSDE(_CountsEvaluations, nn.Module):
         if isinstance(adjoint, TorchSDEAdjoint) and dt is None:
             raise ValueError("the adjoint TorchSDEAdjoint (torchsde.sdeint_adjoint) needs a fixed step dt")
         self.noise, self.sde_type = noise, sde_type
-        self.rtol, self.atol, self.dt = float(rtol), float(atol), dt
+        self.rtol, self.atol, self.dt = *_tolerances("neural_sde", rtol, atol), dt
         self.adjoint_method = adjoint.method if isinstance(adjoint, TorchSDEAdjoint) else adjoint_method
         self.tspan = (float(tspan[0]), float(tspan[1]))
         self.solve_options = dict(solve_options or {})
