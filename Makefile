@@ -22,6 +22,7 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(PYTHON) -m solvers.convergence --quick --out out/convergence
 	$(PYTHON) examples/ode_internals.py --quick --out out/examples/ode_internals
+	$(PYTHON) examples/bouncing_ball.py --quick --out out/examples/bouncing_ball
 	$(PYTHON) examples/integral_rl_control.py --quick --out out/examples/integral_rl_control
 	$(PYTHON) examples/neural_ode_regularization.py --quick --out out/examples/neural_ode_regularization
 	$(PYTHON) examples/poisson_pressure_solve.py --quick --out out/examples/poisson_pressure_solve
@@ -44,6 +45,8 @@ bench: setup
 	$(PYTHON) benchmarks/ode_overhead.py --out out/benchmarks/ode_overhead
 	$(PYTHON) benchmarks/intrl.py --out out/benchmarks/intrl
 	$(PYTHON) benchmarks/sde_overhead.py --out out/benchmarks/sde_overhead
+	$(PYTHON) benchmarks/adjoints.py --quick --out out/benchmarks/adjoints
+	$(PYTHON) benchmarks/events.py --quick --out out/benchmarks/events
 	$(PYTHON) benchmarks/regularization.py --quick --out out/benchmarks/regularization
 	$(PYTHON) benchmarks/linear_solvers.py --out out/benchmarks/linear_solvers
 	$(PYTHON) benchmarks/pinn_failure_modes.py --quick --out out/benchmarks/pinn_failure_modes
