@@ -67,7 +67,12 @@ def test_strong_order(ref, alg, expected):
 def test_sra1_strong_order_15_nonlinear_additive():
     """SRA1 is strong order 1.5 for additive noise. On linear drifts the terms that limit it vanish
     (it shows order 2 there), so it is measured on a nonlinear drift against SRA1 itself on the
-    finest grid of the same path (the DiffEqDevTools analyticless protocol)."""
+    finest grid of the same path (the DiffEqDevTools analyticless protocol).
+
+    The slope is fitted on dt = 2^-4 .. 2^-8: from 2^-3 the coarsest step is pre-asymptotic (local slope
+    1.85 there), which pulled the fit over dt = 2^-3 .. 2^-7 to 1.64-1.71 over Brownian seeds 3-12, at
+    the edge of the band (seed 5 fell outside it). Over 2^-4 .. 2^-8 the same ten seeds give 1.58-1.63,
+    0.07 inside the band; the claim (order 1.5 +- 0.2 on this path) is unchanged."""
     n = 500
     kf = 12
     prob = SDEProblem(lambda t, y: torch.sin(3 * y) - y ** 3,
@@ -75,7 +80,7 @@ def test_sra1_strong_order_15_nonlinear_additive():
                       torch.full((n, 1), 0.5, dtype=F64), (0.0, 1.0), noise="additive")
     fine = GridIncrements(fixed_grid(0.0, 1.0, 2.0 ** -kf), (n, 1), F64, "cpu", seed=3, levy_area=True)
     ref = solve(prob, SRA1(), dt=2.0 ** -kf, brownian=fine, saveat=[1.0]).ys[-1]
-    ks = range(3, 8)
+    ks = range(4, 9)
     errs = [float((solve(prob, SRA1(), dt=2.0 ** -k, brownian=fine.coarsen(2 ** (kf - k)),
                          saveat=[1.0]).ys[-1] - ref).abs().mean()) for k in ks]
     order = _slope(ks, errs)
