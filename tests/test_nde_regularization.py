@@ -23,7 +23,16 @@ from nde import (
     NeuralSDE,
     TayNODE,
 )
-from solvers import Euler, TorchDiffEq, Tsit5
+from solvers import (
+    Backprop,
+    BacksolveAdjoint,
+    CheckpointAdjoint,
+    Euler,
+    TorchDiffEq,
+    TorchDiffEqAdjoint,
+    TorchSDEAdjoint,
+    Tsit5,
+)
 from solvers.ode.tsit5 import _TSIT5
 from solvers.sde import EulerMaruyama, LambaEM
 
@@ -111,10 +120,11 @@ def test_global_regularisers_match_hand_computation():
 
 
 @pytest.mark.parametrize("kind", ["error", "stiffness"])
-@pytest.mark.parametrize("sensitivity, step_size", [("backprop", "auto"), ("backprop", "initial"),
-                                                    ("adjoint", "auto"), ("adjoint", "initial")])
-def test_local_regulariser_matches_hand_computation(kind, sensitivity, step_size):
-    m = _model(sensitivity=sensitivity)
+@pytest.mark.parametrize("step_size", ["auto", "initial"])
+@pytest.mark.parametrize("adjoint", [Backprop, BacksolveAdjoint, lambda: CheckpointAdjoint(2)],
+                         ids=["backprop", "backsolve", "checkpoint"])
+def test_local_regulariser_matches_hand_computation(kind, adjoint, step_size):
+    m = _model(adjoint=adjoint())
     reg = LocalRegularizer(kind, sampling="unbiased", seed=3, step_size=step_size)
     y0 = torch.ones(1, 1, dtype=F64)
     m(y0, regularizer=reg)
@@ -125,7 +135,7 @@ def test_local_regulariser_matches_hand_computation(kind, sensitivity, step_size
     u1 = float(sol.ys[[i for i, t in enumerate(sol.ts.tolist()) if t == t1][0]])
     assert abs(u1 - math.exp(LAM * t1)) < 1e-4
     dt = _hairer_dt(u1)
-    if step_size == "auto" and sensitivity == "backprop":
+    if step_size == "auto" and adjoint is Backprop:
         # "solver": the accepted step of this very solve that contains t1.
         tr = sol.trace
         starts, dts = tr.t[tr.accepted].tolist(), tr.dt[tr.accepted].tolist()
@@ -213,7 +223,7 @@ def test_a_few_steps_lower_the_nfe(make):
 
 
 def test_local_regularisation_with_adjoint_backward():
-    m = NeuralODE(MLP(), sensitivity="adjoint", rtol=1e-4, atol=1e-6)
+    m = NeuralODE(MLP(), adjoint=TorchDiffEqAdjoint(), rtol=1e-4, atol=1e-6)
     reg = LocalRegularizer("error", seed=0)
     ys = m(torch.randn(4, 2), torch.linspace(0, 1, 4), regularizer=reg)
     (ys[-1].pow(2).mean() + m.reg_loss).backward()
@@ -233,7 +243,7 @@ def test_nfe_counts_exact_on_fixed_steps():
     m(y0, ts).sum().backward()
     assert (m.nfe_forward, m.nfe_backward) == (11, 0)
     # torchdiffeq's adjoint Euler: 10 forward evaluations, 10 vector-Jacobian products backwards.
-    m = NeuralODE(MLP(), TorchDiffEq("euler", adjoint=True), sensitivity="adjoint", dt=0.1)
+    m = NeuralODE(MLP(), TorchDiffEq("euler", adjoint=True), adjoint=TorchDiffEqAdjoint(), dt=0.1)
     m(y0, ts).sum().backward()
     assert (m.nfe_forward, m.nfe_backward) == (10, 10)
     # Neural SDE with Euler-Maruyama: one drift and one diffusion per step, no backward evaluations.
@@ -252,9 +262,9 @@ def test_neural_sde_local_regularisation_backprop_and_adjoint():
             return 0.3 * torch.sigmoid(self.lin(y))
 
     y0 = torch.randn(6, 2)
-    cases = (("backprop", dict(solver=LambaEM())), ("adjoint", dict(solver=EulerMaruyama(), dt=0.05)))
-    for sens, kw in cases:
-        m = NeuralSDE(MLP(), Diff(), sensitivity=sens, **kw)
+    cases = ((Backprop(), dict(solver=LambaEM())), (TorchSDEAdjoint(), dict(solver=EulerMaruyama(), dt=0.05)))
+    for adjoint, kw in cases:
+        m = NeuralSDE(MLP(), Diff(), adjoint=adjoint, **kw)
         ys = m(y0, torch.linspace(0, 1, 3), regularizer=LocalRegularizer("error", seed=0), seed=1)
         assert ys.shape == (3, 6, 2)
         (ys[-1].sum() + m.reg_loss).backward()
@@ -345,6 +355,6 @@ def test_bad_input():
     with pytest.raises(ValueError, match="outside the span"):
         reg.penalty_at(m, 1.5, torch.randn(2, 2))
     with pytest.raises(ValueError, match="adjoint"):
-        NeuralSDE(MLP(), MLP(), sensitivity="adjoint")  # needs dt
+        NeuralSDE(MLP(), MLP(), adjoint=TorchSDEAdjoint())  # needs dt
     with pytest.raises(ValueError, match="biased"):
         NeuralSDE(MLP(), MLP())(torch.randn(2, 2), regularizer=LocalRegularizer(sampling="biased"))
