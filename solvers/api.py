@@ -50,6 +50,11 @@ def solve(problem: Any, algorithm: Algorithm, adjoint: Adjoint | None = None, **
     _check_adjoint(adjoint)
     if adjoint is None or type(adjoint) is Backprop:
         return algorithm.solve(problem, **options)
+    if options.get("events") is not None:
+        # The event time's gradient (implicit function theorem) differentiates the dense output of
+        # the solve's own graph, which only Backprop keeps.
+        raise ValueError(f"events with adjoint={adjoint!r}: the event time is differentiated through the "
+                         "solve's graph; use adjoint=Backprop() (the default) with events")
     return adjoint.solve(problem, algorithm, **options)
 
 

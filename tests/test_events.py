@@ -463,3 +463,14 @@ def test_vector_field_evaluations_are_counted():
 
     (hit,) = feed(tr, [0.0, 0.5, 1.0], exact, f=prob.f)
     assert hit.t_float == pytest.approx(t_hit, abs=1e-14) and tr.nfe == 1 and tr.nfe_condition > 3
+
+
+def test_events_need_backprop():
+    from solvers import BacksolveAdjoint, CheckpointAdjoint
+
+    w = torch.ones(1, dtype=torch.float64, requires_grad=True)
+    p = ODEProblem(lambda t, y: -w * y, torch.ones(1, dtype=torch.float64), (0.0, 2.0))
+    ev = Event(lambda t, y: y[0] - 0.5)
+    for adj in (BacksolveAdjoint(params=[w]), CheckpointAdjoint(2, params=[w])):
+        with pytest.raises(ValueError, match="Backprop"):
+            solve(p, Tsit5(), adjoint=adj, events=ev)
