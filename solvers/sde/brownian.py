@@ -101,17 +101,22 @@ class GridIncrements:
 
     def __call__(self, ta: float, tb: float, return_U: bool = False):
         """The increment over ``[ta, tb]``, both grid points (sums of the grid's increments)."""
-        if not hasattr(self, "_index"):
-            self._index = {t: i for i, t in enumerate(self.grid)}
+        index = self.__dict__.get("_index")
+        if index is None:
+            index = self._index = {t: i for i, t in enumerate(self.grid)}
+            # One view per grid step, made in one call: a fixed-step solve asks for each in turn.
+            self._steps = self.dW.unbind(0)
         try:
-            i, j = self._index[float(ta)], self._index[float(tb)]
+            i, j = index[ta], index[tb]
         except KeyError as err:
             raise ValueError(f"GridIncrements can only be queried between its grid points; got "
                              f"[{ta}, {tb}]") from err
         if return_U and self.U is None:
             raise ValueError("these increments were drawn without levy_area=True; they cannot return U")
-        if j == i + 1:  # one grid step: the hot path of a fixed-step solve
-            return self.dW[i] if not return_U else (self.dW[i], self.U[i])
+        if j == i + 1 and not return_U:  # one grid step: the hot path of a fixed-step solve
+            return self._steps[i]
+        if j == i + 1:
+            return self.dW[i], self.U[i]
         dW = self.dW[i:j].sum(0)
         if not return_U:
             return dW

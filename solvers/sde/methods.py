@@ -224,15 +224,28 @@ class EulerMaruyama(SDEAlgorithm):
 
     def step(self, f, g, t, y, dt, dW, U=None, *, noise="diagonal", sde_type="ito", f0=None, g0=None,
              rtol=None, atol=None):
-        t, h = float(t), float(dt)
+        return _euler_maruyama(f, g, float(t), y, float(dt), dW, noise, f0, g0)
+
+    def attempt(self, terms, t, y, dt, f0, g0, rtol, atol, need_error=True, need_stiffness=True, t_new=None):
+        # The hot loop of neural-SDE training: the same step as ``step``, without its keyword layer.
+        dW = terms.path(t, t + dt if t_new is None else t_new)
+        res = _euler_maruyama(terms.f, terms.g, t, y, dt, dW, terms.noise, f0, g0)
+        res.dW = dW
+        return res
+
+
+def _euler_maruyama(f, g, t: float, y: Tensor, h: float, dW: Tensor, noise: str, f0: Tensor | None,
+                    g0: Tensor | None) -> StepResult:
+    nfe = nge = 0
+    if f0 is None or g0 is None:
         tt = time_tensor(t, y.device)
-        nfe = nge = 0
         if f0 is None:
             f0, nfe = f(tt, y), 1
         if g0 is None:
             g0, nge = g(tt, y), 1
-        y1 = torch.add(y, f0, alpha=h) + g_prod(g0, dW, noise)
-        return StepResult(y1, _nan(y), _nan(y), nfe, nge, f0=f0, g0=g0)
+    y1 = torch.add(y, f0, alpha=h) + (g0 * dW if noise == "diagonal" else g_prod(g0, dW, noise))
+    nan = _nan(y)
+    return StepResult(y1, nan, nan, nfe, nge, f0=f0, g0=g0)
 
 
 class EulerHeun(SDEAlgorithm):
