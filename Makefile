@@ -7,17 +7,26 @@ STAMP   := $(VENV)/.installed
 # Two cores: keep torch from oversubscribing them when pytest and BLAS both spawn threads.
 export OMP_NUM_THREADS ?= 2
 export MPLBACKEND ?= Agg
+# torch is installed first and pinned. The pin fixes the version, not the build: where the default index
+# has no local CPU wheel, `torch==2.13.0` resolves to the CUDA build (and its nvidia-* packages). Choose the
+# wheel index with TORCH_INDEX, e.g. `make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu`.
+# Empty (the default) installs from pip's configured index.
+TORCH_VERSION ?= 2.13.0
+TORCH_INDEX   ?=
 
 .PHONY: setup demo test test-all docs bench lint clean
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
-	test -x $(PYTHON) || $(PY) -m venv $(VENV)
-	# torch first, pinned: an unpinned torch pulls a multi-GB CUDA build.
-	$(PYTHON) -m pip install -q torch==2.13.0
-	$(PYTHON) -m pip install -q -e ".[test,docs,data]"
-	touch $(STAMP)
+	@echo "setup: creating $(VENV) with $(PY) (if missing)"
+	@test -x $(PYTHON) || $(PY) -m venv $(VENV)
+	@echo "setup: installing torch==$(TORCH_VERSION)$(if $(TORCH_INDEX), from $(TORCH_INDEX), from the default index)"
+	@$(PYTHON) -m pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) torch==$(TORCH_VERSION)
+	@echo "setup: installing sciml-solvers in editable mode with extras [test,docs,data]"
+	@$(PYTHON) -m pip install -q -e ".[test,docs,data]"
+	@touch $(STAMP)
+	@echo "setup: done ($(STAMP))"
 
 demo: setup
 	$(PYTHON) -m solvers.convergence --quick --out out/convergence
