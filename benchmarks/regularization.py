@@ -287,7 +287,8 @@ def run_one(task: Task, method: str, seed: int, lr: float, progress: bool) -> di
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=task.iterations, desc=f"{task.name}/{method}/seed{seed}", leave=False)
+        bar = tqdm(total=task.iterations, desc=f"{task.name}/{method}/seed{seed}", leave=False,
+                   disable=None)
     for epoch in range(task.epochs):
         for batch in task.batches(data, epoch, seed):
             opt.zero_grad()

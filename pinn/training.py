@@ -100,7 +100,7 @@ def train(module: nn.Module, loss_fn: LossFn, *, adam_iters: int = 5000, lr: flo
         _record(res.history, row)
 
     bar = tqdm(total=adam_iters + lbfgs_iters, initial=min(start_it, adam_iters + lbfgs_iters), desc=desc,
-               disable=not progress, leave=False, dynamic_ncols=True)
+               disable=None if progress else True, leave=False, dynamic_ncols=True)
     # --- Adam ---------------------------------------------------------------------------------
     it = start_it
     loss, parts = None, {}

@@ -604,7 +604,7 @@ def solve_many(problem: ControlAffineProblem, algorithms: Sequence[IntegralPolic
     bar = None
     if progress:
         from tqdm.auto import tqdm
-        bar = tqdm(total=alg0.max_iter, desc=f"IntRL {problem.name}", leave=False)
+        bar = tqdm(total=alg0.max_iter, desc=f"IntRL {problem.name}", leave=False, disable=None)
     for it in range(alg0.max_iter):
         if not bool(active.any()):
             break

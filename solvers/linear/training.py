@@ -212,7 +212,7 @@ def train_dcdm(cfg: TrainConfig, checkpoint: str | os.PathLike | None = None, pr
         os.replace(tmp, path)  # atomic: an interrupted save never corrupts the checkpoint
 
     t_start = time.perf_counter()
-    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="DCDM training")
+    bar = tqdm(total=cfg.steps, initial=step, disable=None if progress else True, desc="DCDM training")
     last = cfg.steps if until is None else min(until, cfg.steps)
     while step < last:
         gi = step % len(grids)

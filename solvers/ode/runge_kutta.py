@@ -67,7 +67,7 @@ class ExplicitRungeKutta(Stepper):
     * ``max_steps`` (100000), ``dtmin`` (0: the floating-point resolution of t), ``dtmax`` (inf).
     * ``throw`` (True): raise :class:`~solvers.solution.SolverError` on failure; ``False`` returns
       the partial solution with its ``retcode``.
-    * ``progress`` (False): a tqdm bar over the time span.
+    * ``progress`` (False): a tqdm bar over the time span, drawn only when stderr is a terminal.
     * ``events``: an :class:`~solvers.events.Event` or a sequence of them, located on the dense
       output; a terminal one ends the solve (``ReturnCode.EVENT``), all hits are in ``sol.events``.
     """

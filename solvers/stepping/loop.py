@@ -167,7 +167,7 @@ class Integrator:
         if opts.progress:
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=abs(t1 - t0), desc=name, unit="t")
+            self._bar = tqdm(total=abs(t1 - t0), desc=name, unit="t", disable=None)  # None: only on a TTY
 
     # -- state ------------------------------------------------------------------------------------
     @property
