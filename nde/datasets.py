@@ -3,7 +3,7 @@
 No download: the ``.ts`` files are read from ``sktime/datasets/data/<Name>/`` of the installed
 package (located without importing sktime, which is slow to import), or from ``data_dir=``.
 ``sktime`` is an optional dependency (``pip install sciml-solvers[data]``); without it
-:func:`load_ucr` raises an ``ImportError`` that says so.
+``load_ucr`` raises an ``ImportError`` that says so.
 
 Protocol of Oh, Lim, Kim (ICLR 2024, section 4.3 and appendix), as for Neural CDEs (Kidger et al. 2020):
 
@@ -11,7 +11,7 @@ Protocol of Oh, Lim, Kim (ICLR 2024, section 4.3 and appendix), as for Neural CD
   longest length;
 * stratified train / validation / test split (default 70 / 15 / 15) with a seed;
 * missingness: for each sample and each channel independently, ``int(L * rate)`` distinct time points
-  chosen uniformly at random are set to NaN (:func:`drop_points`), ``rate`` in {0, 0.3, 0.5, 0.7};
+  chosen uniformly at random are set to NaN (``drop_points``), ``rate`` in {0, 0.3, 0.5, 0.7};
 * channels are standardised with the mean and standard deviation of the observed training values.
 """
 

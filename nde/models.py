@@ -1,12 +1,12 @@
 """Neural differential equations as ``torch.nn`` modules on top of ``solvers``.
 
-:class:`NeuralODE` integrates ``dy/dt = f_theta(t, y)`` with any ``solvers`` Runge-Kutta method (or
-torchdiffeq's); :class:`NeuralSDE` integrates ``dy = f_theta(t, y) dt + g_theta(t, y) dW`` with any
+``NeuralODE`` integrates ``dy/dt = f_theta(t, y)`` with any ``solvers`` Runge-Kutta method (or
+torchdiffeq's); ``NeuralSDE`` integrates ``dy = f_theta(t, y) dt + g_theta(t, y) dW`` with any
 ``solvers.sde`` method (or torchsde's adjoint). Both keep the last solve's statistics and trace,
 count vector-field evaluations of the forward and the backward pass separately, and accept a
-regulariser from :mod:`nde.regularization` that adds its penalty to ``model.reg_loss``.
+regulariser from ``nde.regularization`` that adds its penalty to ``model.reg_loss``.
 
-Gradients come from an adjoint object (:mod:`solvers.adjoint`, ``docs/adjoints.md``):
+Gradients come from an adjoint object (``solvers.adjoint``, ``docs/adjoints.md``):
 
 * ``Backprop()`` (default; discretise-then-optimise): autograd through every operation of our
   solver. The backward pass replays the recorded graph and evaluates no vector field
@@ -20,7 +20,7 @@ Gradients come from an adjoint object (:mod:`solvers.adjoint`, ``docs/adjoints.m
   solvers (pass ``TorchDiffEq(method)`` as the solver).
 
 The local regularisers (and RNODE, TayNODE, STEER) work with every adjoint. The older
-``sensitivity="backprop" | "adjoint"`` is a deprecated alias (see :func:`adjoint_from_sensitivity`).
+``sensitivity="backprop" | "adjoint"`` is a deprecated alias (see ``adjoint_from_sensitivity``).
 """
 
 from __future__ import annotations
@@ -58,9 +58,9 @@ _SENSITIVITIES = ("backprop", "adjoint")
 def adjoint_from_sensitivity(sensitivity: str, solver: Algorithm | None, sde: bool = False) -> Adjoint:
     """The adjoint the deprecated ``sensitivity=`` string stands for (with a ``DeprecationWarning``).
 
-    ``"backprop"`` is :class:`~solvers.Backprop`. ``"adjoint"`` is torchdiffeq's adjoint
-    (:class:`~solvers.TorchDiffEqAdjoint`) when the solver is ``None`` or a
-    :class:`~solvers.TorchDiffEq`, torchsde's for a neural SDE, and :class:`~solvers.BacksolveAdjoint`
+    ``"backprop"`` is ``Backprop``. ``"adjoint"`` is torchdiffeq's adjoint
+    (``TorchDiffEqAdjoint``) when the solver is ``None`` or a
+    ``TorchDiffEq``, torchsde's for a neural SDE, and ``BacksolveAdjoint``
     (the same continuous adjoint, run with the caller's method) when the solver is one of our
     Runge-Kutta methods: the user's solver is never replaced by another one.
     """
@@ -147,7 +147,7 @@ class _CountedField(nn.Module):
 
 
 class _CountsEvaluations:
-    """NFE read-outs of a model that owns a ``counter`` (:class:`_Counter`)."""
+    """NFE read-outs of a model that owns a ``counter`` (``_Counter``)."""
 
     counter: _Counter
 
@@ -170,18 +170,18 @@ class NeuralODE(_CountsEvaluations, nn.Module):
 
     Args:
         vector_field: an ``nn.Module`` called as ``vector_field(t, y)`` with ``y`` of shape ``(*batch, d)``.
-        solver: a ``solvers`` explicit Runge-Kutta method (default :class:`~solvers.Tsit5`), or a
-            :class:`~solvers.TorchDiffEq` for :class:`~solvers.TorchDiffEqAdjoint` (default there:
+        solver: a ``solvers`` explicit Runge-Kutta method (default ``Tsit5``), or a
+            ``TorchDiffEq`` for ``TorchDiffEqAdjoint`` (default there:
             ``TorchDiffEq(adjoint_method)``). It is always the method that runs: an adjoint that
             cannot use it raises ``ValueError``.
         rtol, atol: tolerances of the adaptive solve (default ``DEFAULT_TOLERANCES["neural_ode"]``,
             1e-3 / 1e-4); ``dt``: fixed step instead.
-        adjoint: how gradients are computed (default :class:`~solvers.Backprop`; see the module docs).
+        adjoint: how gradients are computed (default ``Backprop``; see the module docs).
         sensitivity: deprecated alias of ``adjoint`` (``"backprop"`` / ``"adjoint"``).
         tspan: default ``(t0, t1)`` when ``forward`` gets no ``ts``.
         solve_options: extra options for ``solve`` (``max_steps``, ``controller`` ...).
 
-    After ``forward``: ``last_solution`` (a :class:`~solvers.Solution`), ``nfe_forward``,
+    After ``forward``: ``last_solution`` (a ``Solution``), ``nfe_forward``,
     ``nfe_backward`` (read it after ``loss.backward()``), ``nfe_regularizer``, ``reg_loss``.
     """
 
@@ -228,7 +228,7 @@ class NeuralODE(_CountsEvaluations, nn.Module):
 
     @property
     def sensitivity(self) -> str:
-        """``"backprop"`` for :class:`~solvers.Backprop`, ``"adjoint"`` for any other adjoint (kept for
+        """``"backprop"`` for ``Backprop``, ``"adjoint"`` for any other adjoint (kept for
         code written against the deprecated ``sensitivity=``)."""
         return "backprop" if type(self.adjoint) is Backprop else "adjoint"
 
@@ -341,13 +341,13 @@ class NeuralSDE(_CountsEvaluations, nn.Module):
 
     Args:
         drift, diffusion: modules called as ``drift(t, y)``, ``diffusion(t, y)`` (shapes as in
-            :class:`~solvers.problem.SDEProblem` for the chosen ``noise``).
-        solver: a ``solvers.sde`` method (default :class:`~solvers.sde.LambaEM`, adaptive).
-        noise, sde_type: as in :class:`~solvers.problem.SDEProblem`.
+            ``SDEProblem`` for the chosen ``noise``).
+        solver: a ``solvers.sde`` method (default ``LambaEM``, adaptive).
+        noise, sde_type: as in ``SDEProblem``.
         rtol, atol, dt: adaptive tolerances (default ``DEFAULT_TOLERANCES["neural_sde"]``, 1e-2 / 1e-3)
             or a fixed step.
-        adjoint: :class:`~solvers.Backprop` (default: through our solver) or
-            :class:`~solvers.TorchSDEAdjoint` (``torchsde.sdeint_adjoint`` with its method; a fixed
+        adjoint: ``Backprop`` (default: through our solver) or
+            ``TorchSDEAdjoint`` (``torchsde.sdeint_adjoint`` with its method; a fixed
             step ``dt`` is required). Our ODE adjoints do not apply to SDEs (``ValueError``).
         sensitivity: deprecated alias (``"backprop"``; ``"adjoint"`` = ``TorchSDEAdjoint(adjoint_method)``).
 
@@ -448,7 +448,7 @@ class NeuralSDE(_CountsEvaluations, nn.Module):
                    step_size: str | float = "controller"):
         """One differentiable step of the adaptive SDE method from ``(t, y)`` with a fresh Brownian
         increment drawn from ``generator``; ``dt`` (not differentiated) as for
-        :meth:`NeuralODE.local_step`, with Hairer's heuristic applied to the drift. Returns
+        ``NeuralODE.local_step``, with Hairer's heuristic applied to the drift. Returns
         ``(SDEStepResult, dt)``."""
         alg = self.adaptive_solver
         sde = self.sde

@@ -182,7 +182,7 @@ class ControlPath:
         return out[:, 0] if scalar else out
 
     def derivative(self, t: Tensor | float) -> Tensor:
-        """``dX/dt(t)`` (right derivative at the knots): same shapes as :meth:`evaluate`."""
+        """``dX/dt(t)`` (right derivative at the knots): same shapes as ``evaluate``."""
         tv, scalar = self._prep(t)
         idx, s = self._locate(tv)
         _, b, c, d = self._gather(idx)
@@ -207,10 +207,10 @@ class ControlPath:
 
 
 def linear_path(t: Tensor, x: Tensor) -> ControlPath:
-    """Piecewise-linear :class:`ControlPath` through the observations (NaN-aware)."""
+    """Piecewise-linear ``ControlPath`` through the observations (NaN-aware)."""
     return ControlPath(t, x, "linear")
 
 
 def hermite_path(t: Tensor, x: Tensor) -> ControlPath:
-    """Hermite cubic :class:`ControlPath` with backward differences (NaN-aware)."""
+    """Hermite cubic ``ControlPath`` with backward differences (NaN-aware)."""
     return ControlPath(t, x, "hermite")

@@ -12,12 +12,12 @@ follows a schedule indexed by the number of training-mode calls.
 
 Solver-heuristic regularisers (Pal et al. 2021, 2023):
 
-* :class:`GlobalError` (ERNODE): ``mean_j EEst_j |dt_j|`` over the accepted steps, EEst the scaled
+* ``GlobalError`` (ERNODE): ``mean_j EEst_j |dt_j|`` over the accepted steps, EEst the scaled
   error estimate of step ``j`` (differentiated through the whole solve: ``adjoint=Backprop()``).
-* :class:`GlobalStiffness` (SRNODE): ``max_j S_j``, ``S_j = |rho_j| / stability_size`` with Hairer's
+* ``GlobalStiffness`` (SRNODE): ``max_j S_j``, ``S_j = |rho_j| / stability_size`` with Hairer's
   eigenvalue estimate ``rho_j`` of step ``j`` (not multiplied by dt).
-* :class:`GlobalCombined`: ``mean_j (EEst_j |dt_j| + 0.1 S_j)``.
-* :class:`LocalRegularizer`: one extra differentiable step at a random time ``t1`` from the state
+* ``GlobalCombined``: ``mean_j (EEst_j |dt_j| + 0.1 S_j)``.
+* ``LocalRegularizer``: one extra differentiable step at a random time ``t1`` from the state
   ``u(t1)`` the solve produced, with the step size the controller would choose there; the penalty
   is ``EEst(t1) dt(t1)`` (``kind="error"``) or ``S(t1)`` (``kind="stiffness"``). ``sampling="unbiased"``
   draws ``t1 ~ U(t0, t_end)`` and adds it to the save times; ``"biased"`` draws ``t1`` among the
@@ -26,11 +26,11 @@ Solver-heuristic regularisers (Pal et al. 2021, 2023):
 
 Baselines in the same harness:
 
-* :class:`STEER` (Ghosh et al., NeurIPS 2020): train on a random end time ``t_end + U(-b, b)``.
-* :class:`RNODE` (Finlay et al., ICML 2020): ``int ||f||^2 dt`` (kinetic energy) plus the
+* ``STEER`` (Ghosh et al., NeurIPS 2020): train on a random end time ``t_end + U(-b, b)``.
+* ``RNODE`` (Finlay et al., ICML 2020): ``int ||f||^2 dt`` (kinetic energy) plus the
   Hutchinson estimate ``int ||eps^T df/dy||^2 dt`` of the Jacobian's Frobenius norm, integrated as
   extra state components.
-* :class:`TayNODE` (Kelly et al., NeurIPS 2020): ``int ||d^K y / dt^K||^2 dt`` for K = 2 via a
+* ``TayNODE`` (Kelly et al., NeurIPS 2020): ``int ||d^K y / dt^K||^2 dt`` for K = 2 via a
   nested Jacobian-vector product, also as an extra state component.
 """
 
@@ -229,7 +229,7 @@ class LocalRegularizer(Regularizer):
         sampling: ``"unbiased"`` (``t1 ~ U(t0, t_end)``) or ``"biased"`` (``t1`` among accepted
             step times; with the adjoint, among the times where the previous forward solve
             evaluated the field, since torchdiffeq does not report its steps).
-        weight: a number or a :class:`Schedule`.
+        weight: a number or a ``Schedule``.
         seed: seeds the sampling of ``t1`` (and of the SDE increment of the extra step).
         step_size: the (not differentiated) size of the extra step:
 

@@ -2,17 +2,17 @@
 
 Oh, Lim, Kim, "Stable Neural Stochastic Differential Equations in Analyzing Irregular Time Series
 Data", ICLR 2024 (arXiv 2402.14989), section 3. The observations become a controlled path ``X(t)``
-(:mod:`nde.paths`, time prepended as channel 0), the latent state starts at ``z(t_0) = zeta(X(t_0))``
+(``nde.paths``, time prepended as channel 0), the latent state starts at ``z(t_0) = zeta(X(t_0))``
 (a linear map) and evolves by one of three SDE classes, with ``z~ = [z, E X(t)]`` (``E`` a linear
 embedding of the path):
 
-* Langevin-type (:class:`LangevinSDE`, eq. 6):   ``dz = gamma(z~) dt + sigma(t) dW``
+* Langevin-type (``LangevinSDE``, eq. 6):   ``dz = gamma(z~) dt + sigma(t) dW``
   (no explicit time in the drift; additive noise);
-* linear noise (:class:`LinearNoiseSDE`, eq. 7): ``dz = gamma(t, z~) dt + sigma(t) z dW``;
-* geometric (:class:`GeometricSDE`, eq. 8):      ``dz = gamma(t, z~) z dt + sigma(t) z dW``, whose
+* linear noise (``LinearNoiseSDE``, eq. 7): ``dz = gamma(t, z~) dt + sigma(t) z dW``;
+* geometric (``GeometricSDE``, eq. 8):      ``dz = gamma(t, z~) z dt + sigma(t) z dW``, whose
   exact solution ``z_0 exp(int (gamma - sigma^2/2) ds + int sigma dW)`` never changes sign; the
   Euler-Maruyama step ``z (1 + gamma h + sigma dW)`` keeps it while ``|gamma| h < 1`` and the noise term
-  is small, so :class:`GeometricSDE` offers ``log_space=True``: the exact log-Euler step
+  is small, so ``GeometricSDE`` offers ``log_space=True``: the exact log-Euler step
   ``z exp((gamma - sigma^2/2) h + sigma dW)`` (Euler-Maruyama on ``log |z|``), which keeps the sign
   for any step.
 
@@ -28,14 +28,14 @@ Time scale: the SDE runs in ``s = c (t - t_0)``; ``time_scale=c`` (default 1: th
 or ``"interval"`` (one unit per mean observation interval, the time axis ``0..L-1`` of the authors'
 code). Solved in data time, that is ``dz = c f dt + sqrt(c) g dW``.
 
-Baselines: :class:`NeuralSDEClassifier` (the naive neural SDE: unconstrained MLP drift of
-``(t, z~)`` and MLP diffusion of ``(t, z)``), :class:`NeuralCDE` (``dz = f(z) dX(t)``, Kidger, Morrill,
-Foster, Lyons, NeurIPS 2020) and :class:`GRUdt` (a GRU over the observations, the observed mask and
+Baselines: ``NeuralSDEClassifier`` (the naive neural SDE: unconstrained MLP drift of
+``(t, z~)`` and MLP diffusion of ``(t, z)``), ``NeuralCDE`` (``dz = f(z) dX(t)``, Kidger, Morrill,
+Foster, Lyons, NeurIPS 2020) and ``GRUdt`` (a GRU over the observations, the observed mask and
 the time since each channel's last observation, Che et al., Sci. Rep. 2018, without the decay).
 
 All models take ``forward(t, x, seed=None)`` with times ``t (L,)`` shared by the batch and values
 ``x (batch, L, C)`` with NaN where missing, and return logits ``(batch, num_classes)``. SDE solves go
-through :func:`solvers.solve`: Euler-Maruyama with one step per observation interval by default
+through ``solvers.solve``: Euler-Maruyama with one step per observation interval by default
 (``solver=``/``dt=``/``rtol``/``atol`` select others, e.g. adaptive ``LambaEM``).
 """
 
@@ -189,7 +189,7 @@ class _SDEClassifier(PathClassifier):
         raise NotImplementedError
 
     def scale_for(self, path: ControlPath) -> float:
-        """The time scale ``c``: the SDE runs in ``s = c (t - t_0)`` (see :meth:`problem`)."""
+        """The time scale ``c``: the SDE runs in ``s = c (t - t_0)`` (see ``problem``)."""
         if self.time_scale == "interval":
             n = len(path.times) - 1
             return n / (path.t1 - path.t0) if n > 0 else 1.0

@@ -1,8 +1,8 @@
 """Networks and input embeddings for PINNs.
 
-* :class:`MLP`: fully connected, ``tanh`` by default, Xavier-normal weights (Glorot and Bengio 2010),
+* ``MLP``: fully connected, ``tanh`` by default, Xavier-normal weights (Glorot and Bengio 2010),
   the usual PINN initialisation (Raissi et al. 2019).
-* :class:`SpaceTimeEmbedding`: ``(x, t) -> (cos(k (x - a)), sin(k (x - a)), tau)`` with ``k = 2 pi / L``
+* ``SpaceTimeEmbedding``: ``(x, t) -> (cos(k (x - a)), sin(k (x - a)), tau)`` with ``k = 2 pi / L``
   for periodic domains, so every function of the features is exactly ``L``-periodic in ``x`` (with all
   its derivatives); ``(2 (x - a) / L - 1, tau)`` otherwise. ``tau`` maps ``[t0, t1]`` onto ``[-1, 1]``.
 """

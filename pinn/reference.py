@@ -72,7 +72,7 @@ def gaussian_heat(center: float, width: float, beta: float, nu: float, shift: sp
 def periodic_gaussian_solution(center: float, width: float, beta: float, nu: float,
                                domain: tuple[float, float],
                                images: int = 1) -> Callable[[Tensor, Tensor], Tensor]:
-    """Periodic version of :func:`gaussian_heat`: wrap ``x - beta t`` into the domain, sum periodic images.
+    """Periodic version of ``gaussian_heat``: wrap ``x - beta t`` into the domain, sum periodic images.
 
     With ``images = 1`` the terms dropped are ``exp(-(3 L / 2)^2 / (2 s_t^2))`` relative to the peak
     (below 1e-60 for ``s = 0.3``, ``nu <= 0.1``, ``L = 2 pi``, ``t <= 1``).

@@ -2,7 +2,7 @@
 
 Model: ``f ~ GP(m, s^2 k)``. With nodes ``x_1..x_N``, Gram matrix ``K_ij = k(x_i, x_j)``, kernel mean
 ``z_i = int_a^b k(t, x_i) dt`` and initial error ``z0 = int int k`` (closed forms in
-:mod:`quadrature.kernels`), the integral ``I = int_a^b f`` is Gaussian a posteriori with
+``quadrature.kernels``), the integral ``I = int_a^b f`` is Gaussian a posteriori with
 
     mean      E[I] = w^T y,        w = K^{-1} z,
     variance  V[I] = s^2 (z0 - z^T K^{-1} z)
@@ -266,7 +266,7 @@ class BayesianQuadrature(QuadratureRule):
     """Bayesian quadrature: ``solve(IntegralProblem(f, (a, b)), BayesianQuadrature(kernel=Matern(nu=2.5)))``.
 
     Args:
-        kernel: a :class:`~quadrature.kernels.Matern` or :class:`~quadrature.kernels.RBF` (its
+        kernel: a ``Matern`` or ``RBF`` (its
             lengthscale is in the units of the integration variable).
         n: default number of nodes.
         nodes: ``"uniform"`` (equally spaced, both ends included) or ``"gauss"`` (Gauss-Legendre points).

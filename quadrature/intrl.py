@@ -16,7 +16,7 @@ term bounded by a constant times the quadrature error (Cao & Pan, Thm 3.3), so t
 
 The plant is simulated with this project's ODE solvers (``solvers.solve``, Tsit5 by default). The
 "exact" policy evaluation integrates the utility as an extra ODE state instead of using samples.
-Several evaluation rules can run side by side in one batched simulation (:func:`solve_many`), each
+Several evaluation rules can run side by side in one batched simulation (``solve_many``), each
 with its own trajectory and policy: that is how the benchmark compares rules at equal cost.
 """
 
@@ -421,7 +421,7 @@ class IntegralPolicyIteration(Algorithm):
     """Integral-RL policy iteration with a pluggable policy-evaluation quadrature.
 
     Args:
-        quadrature: a :class:`~quadrature._base.QuadratureRule` with data-independent weights (Trapezoid,
+        quadrature: a ``QuadratureRule`` with data-independent weights (Trapezoid,
             Simpson, GaussLegendre, Romberg, BayesianQuadrature with a fixed lengthscale), or ``"exact"``
             to integrate the utility as an extra ODE state.
         T: interval length (> 0). N: samples per interval (>= 2; the rule's nodes on ``[t_k, t_k + T]``).

@@ -1,6 +1,6 @@
 """Classical quadrature rules: trapezoid, Simpson, Gauss-Legendre, Romberg.
 
-Each rule is an :class:`~solvers.algorithm.Algorithm` for :class:`~solvers.problem.IntegralProblem`
+Each rule is an ``Algorithm`` for ``IntegralProblem``
 and also integrates sampled data (``rule.integrate(values, nodes)``). Degrees of exactness (the
 highest polynomial degree integrated exactly) and error orders on a grid of spacing ``h``:
 

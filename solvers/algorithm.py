@@ -2,7 +2,7 @@
 
 An algorithm is a small object holding a method's settings. ``solve(problem, algorithm, **options)``
 checks the problem type against ``algorithm.problem_types`` and calls ``algorithm.solve``. Packages
-above ``solvers`` (``pinn``, ``quadrature``, ``nde``) subclass :class:`Algorithm` for their own
+above ``solvers`` (``pinn``, ``quadrature``, ``nde``) subclass ``Algorithm`` for their own
 problems, so one entry point serves all of them.
 """
 

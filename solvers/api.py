@@ -34,14 +34,14 @@ def _check_adjoint(adjoint: Any) -> None:
 def solve(problem: Any, algorithm: Algorithm, adjoint: Adjoint | None = None, **options: Any) -> Any:
     """Solve ``problem`` with ``algorithm``; see each algorithm's docs for its options.
 
-    Time-stepping methods (ODE and SDE, one loop: :mod:`solvers.stepping`) take ``rtol``, ``atol``
-    (defaults: :data:`~solvers.stepping.controllers.DEFAULT_TOLERANCES`), ``dt`` (fixed step),
+    Time-stepping methods (ODE and SDE, one loop: ``solvers.stepping``) take ``rtol``, ``atol``
+    (defaults: ``DEFAULT_TOLERANCES``), ``dt`` (fixed step),
     ``dt0`` (first adaptive step), ``saveat``, ``trace``, ``controller``, ``max_steps``, ``dtmin``,
-    ``dtmax``, ``throw``, ``progress`` and ``events`` (an :class:`~solvers.events.Event` or several;
+    ``dtmax``, ``throw``, ``progress`` and ``events`` (an ``Event`` or several;
     methods with dense output). ODE methods add ``dense``; SDE methods ``brownian``, ``seed``,
     ``save_noise``.
 
-    ``adjoint`` chooses how gradients of the solution are computed (:mod:`solvers.adjoint`):
+    ``adjoint`` chooses how gradients of the solution are computed (``solvers.adjoint``):
     ``None`` or ``Backprop()`` differentiates through the step loop; ``BacksolveAdjoint()``,
     ``CheckpointAdjoint(n)`` and ``TorchDiffEqAdjoint()`` run ``adjoint.solve(problem, algorithm,
     **options)``.
@@ -61,6 +61,6 @@ def solve(problem: Any, algorithm: Algorithm, adjoint: Adjoint | None = None, **
 def init(problem: Any, algorithm: Algorithm, **options: Any) -> Any:
     """An integrator that can be stepped by hand (``integ.step()``), then ``integ.solution()``.
 
-    Works for every time-stepping method, ODE and SDE (:class:`~solvers.stepping.loop.Integrator`)."""
+    Works for every time-stepping method, ODE and SDE (``Integrator``)."""
     _check(problem, algorithm)
     return algorithm.init(problem, **options)

@@ -1,13 +1,13 @@
 """Convergence-order and work-precision tooling.
 
-* :func:`convergence_order` measures a method's empirical order on a problem with an exact solution:
+* ``convergence_order`` measures a method's empirical order on a problem with an exact solution:
   fixed-step solves over a ladder ``dt = T / 2^k``, the global error at ``t1`` in the max norm, and
   the slope of ``log(error)`` against ``log(dt)`` by least squares over the asymptotic regime (errors
   between ``floor`` and ``ceiling``, where truncation error dominates both the pre-asymptotic
   behaviour and roundoff). The same protocol as DiffEqDevTools' ``test_convergence`` and diffrax's
   ``test_integrate``.
-* :func:`dense_convergence_order` does the same for the dense output, at points between steps.
-* :func:`work_precision` runs adaptive solves over a tolerance ladder and records error, NFE and
+* ``dense_convergence_order`` does the same for the dense output, at points between steps.
+* ``work_precision`` runs adaptive solves over a tolerance ladder and records error, NFE and
   wall time (median of repeats) per algorithm.
 
 ``python -m solvers.convergence --out DIR`` prints the order table for every method (theoretical vs
@@ -145,7 +145,7 @@ def work_precision(problem: ODEProblem, algorithms: Sequence, rtols: Sequence[fl
     """Error at ``t1`` (max norm), NFE and wall time (median of ``repeats``) over a tolerance ladder.
 
     ``atol = atol_ratio * rtol``. Algorithms are anything ``solve`` accepts with ``rtol``/``atol``
-    (our adaptive methods, or :class:`~solvers.ode.TorchDiffEq`).
+    (our adaptive methods, or ``TorchDiffEq``).
     """
     out = []
     for alg in algorithms:

@@ -1,7 +1,7 @@
 """Events: zero crossings of ``g(t, y(t))`` located on the dense output, with differentiable times.
 
-An :class:`Event` names a condition ``g(t, y)``; the solve stops (``terminal=True``) or records the
-crossing and goes on. :class:`EventTracker` is what the step loop calls after every accepted step:
+An ``Event`` names a condition ``g(t, y)``; the solve stops (``terminal=True``) or records the
+crossing and goes on. ``EventTracker`` is what the step loop calls after every accepted step:
 
 1. **Detection.** ``g`` is evaluated at every step end (one host sync per step for all events
    together). A crossing is a change between the *non-zero* signs of ``g`` at consecutive step ends,
@@ -136,7 +136,7 @@ class EventRecord:
         y: states at the events ``(n, *y0.shape)``.
         index: which event, int64 ``(n,)`` (CPU).
         terminal: whether the hit stopped the solve, bool ``(n,)`` (CPU).
-        hits: the :class:`EventHit` objects themselves.
+        hits: the ``EventHit`` objects themselves.
     """
 
     t: Tensor
@@ -233,12 +233,12 @@ class EventTracker:
     """Detects, locates and records the events of one solve; the step loop's side of ``events=``.
 
     Args:
-        events: an :class:`Event` or a sequence of them.
+        events: an ``Event`` or a sequence of them.
         t0: initial time (float).
         y0: initial state.
         direction: ``+1.0`` or ``-1.0``, the direction of integration.
 
-    The loop calls :meth:`check` after every accepted step and stops when it returns a hit.
+    The loop calls ``check`` after every accepted step and stops when it returns a hit.
     """
 
     def __init__(self, events: Event | Sequence[Event], t0: float, y0: Tensor, direction: float):

@@ -1,7 +1,7 @@
 """What every solve returns: return codes, statistics, per-step traces and the ODE solution.
 
-Every solution object in the project carries a ``retcode`` (a :class:`ReturnCode`) and ``stats``
-(a :class:`Stats`), and has ``success``. Packages whose results are not trajectories (linear solves,
+Every solution object in the project carries a ``retcode`` (a ``ReturnCode``) and ``stats``
+(a ``Stats``), and has ``success``. Packages whose results are not trajectories (linear solves,
 integrals, PINNs) define their own solution dataclasses with these two fields.
 """
 
@@ -165,12 +165,12 @@ class Solution(RetcodeResult):
     Attributes:
         ts: saved times (float64, 1-D).
         ys: saved states, shape ``(len(ts), *y0.shape)``, dtype and device of ``y0``.
-        stats: :class:`Stats` (nfe, naccept, nreject).
-        trace: :class:`StepTrace` when the solve ran with ``trace=True``, else ``None``.
-        retcode: :class:`ReturnCode`.
+        stats: ``Stats`` (nfe, naccept, nreject).
+        trace: ``StepTrace`` when the solve ran with ``trace=True``, else ``None``.
+        retcode: ``ReturnCode``.
         t_final, y_final: where the solve stopped (the end of the span on success, the event on
             ``ReturnCode.EVENT``).
-        events: every event hit (:class:`~solvers.events.EventRecord`) when solved with ``events=``.
+        events: every event hit (``EventRecord``) when solved with ``events=``.
 
     ``sol(t)`` evaluates the dense output at any time (or a 1-D tensor of times) inside the span
     actually covered; it needs ``dense=True`` (the default).

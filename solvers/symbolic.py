@@ -2,17 +2,17 @@
 
 Reference problems are written once in SymPy (so they can be solved, differentiated and checked
 symbolically) and evaluated through torch (so autograd, dtypes and devices work on them). The ODE
-references (:mod:`solvers.reference.builder`), the SDE references (:mod:`solvers.reference.sde`) and
-the PDE problems of :mod:`pinn` all convert through this module.
+references (``solvers.reference.builder``), the SDE references (``solvers.reference.sde``) and
+the PDE problems of ``pinn`` all convert through this module.
 
-* :data:`TORCH_FUNCTIONS` maps the names ``sympy.lambdify``'s printer emits to functions that apply
-  torch to tensors and :mod:`math` to plain numbers (SymPy constants such as ``sqrt(2)`` reach the
+* ``TORCH_FUNCTIONS`` maps the names ``sympy.lambdify``'s printer emits to functions that apply
+  torch to tensors and ``math`` to plain numbers (SymPy constants such as ``sqrt(2)`` reach the
   generated code as Python numbers): ``sin cos tan asin acos atan sinh cosh tanh exp log sqrt erf
   Abs`` and the constants ``pi``, ``E``. ``Mod(a, b)`` prints as ``a % b``, which on tensors is
   ``torch.remainder`` (result in ``[0, b)`` for ``b > 0``).
-* :func:`lambdify_torch` is ``sympy.lambdify`` with those functions: a constant expression comes back
+* ``lambdify_torch`` is ``sympy.lambdify`` with those functions: a constant expression comes back
   as a Python number.
-* :func:`to_torch` wraps it so the result is always a tensor broadcast to the common shape of the
+* ``to_torch`` wraps it so the result is always a tensor broadcast to the common shape of the
   tensor arguments, so ``to_torch(sympy.Integer(0), (x, t))(x, t)`` is a zero tensor like ``x``.
 
 >>> import sympy, torch
@@ -54,10 +54,10 @@ TORCH_FUNCTIONS.update({"Abs": _dual(torch.abs, abs), "pi": math.pi, "E": math.e
 
 
 def lambdify_torch(args: Sequence[sp.Symbol], expr: sp.Expr) -> Callable:
-    """``sympy.lambdify(args, expr)`` with the functions of :data:`TORCH_FUNCTIONS`.
+    """``sympy.lambdify(args, expr)`` with the functions of ``TORCH_FUNCTIONS``.
 
     The result takes tensors or Python numbers; a constant expression comes back as a Python number
-    (use :func:`to_torch` for a result that is always a broadcast tensor).
+    (use ``to_torch`` for a result that is always a broadcast tensor).
     """
     return sp.lambdify(args, expr, modules=[TORCH_FUNCTIONS, "math"])
 

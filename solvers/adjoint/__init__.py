@@ -1,9 +1,9 @@
 """Adjoints: how ``solve(problem, algorithm, adjoint=...)`` computes gradients.
 
-* :class:`Backprop`: autograd through our step loop (the default; exact; memory O(steps)).
-* :class:`BacksolveAdjoint`: the continuous adjoint solved backwards with our methods (O(1) memory).
-* :class:`CheckpointAdjoint`: recompute between checkpoints (exact; memory O(n_checkpoints)).
-* :class:`TorchDiffEqAdjoint`, :class:`TorchSDEAdjoint`: torchdiffeq's/torchsde's adjoints.
+* ``Backprop``: autograd through our step loop (the default; exact; memory O(steps)).
+* ``BacksolveAdjoint``: the continuous adjoint solved backwards with our methods (O(1) memory).
+* ``CheckpointAdjoint``: recompute between checkpoints (exact; memory O(n_checkpoints)).
+* ``TorchDiffEqAdjoint``, ``TorchSDEAdjoint``: torchdiffeq's/torchsde's adjoints.
 
 See ``docs/adjoints.md`` ("Choosing an adjoint").
 """

@@ -17,7 +17,7 @@ number of steps (only the saved states are kept), each backward step costs one v
 product per stage, and the gradient is that of the exact flow, accurate to the backward solve's
 tolerance, not the exact gradient of the computed forward solution. Reconstructing ``y``
 backwards is unstable when the forward flow is strongly contracting (stiff or dissipative
-dynamics); prefer :class:`~solvers.adjoint.CheckpointAdjoint` there.
+dynamics); prefer ``CheckpointAdjoint`` there.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ class BacksolveAdjoint(Adjoint):
     Nothing to differentiate (a plain function ``f``, no ``params``, ``y0`` not requiring grad,
     gradients enabled) is a ``ValueError``: autograd would otherwise silently return no
     gradient for the tensors ``f`` closes over. The backward pass's evaluations and steps are
-    counted in ``sol.stats.backward`` (a :class:`~solvers.solution.Stats`, filled in by
+    counted in ``sol.stats.backward`` (a ``Stats``, filled in by
     ``loss.backward()``). ``sol(t)`` (with ``dense=True``, default ``False`` here) is not
     differentiable. Reversed spans (``t1 < t0``) are supported; double backward is not.
     """

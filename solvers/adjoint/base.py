@@ -5,9 +5,9 @@
 decides what autograd sees and therefore the time and memory of the backward pass. Kidger, *On
 Neural Differential Equations* (thesis, Oxford 2021), section 5.1, compares the options:
 
-* discretise-then-optimise (:class:`Backprop`, :class:`~solvers.adjoint.CheckpointAdjoint`): the
+* discretise-then-optimise (``Backprop``, ``CheckpointAdjoint``): the
   exact gradient of the computed solution, at O(steps) or O(checkpoints) memory;
-* optimise-then-discretise (:class:`~solvers.adjoint.BacksolveAdjoint`, torchdiffeq's adjoint): the
+* optimise-then-discretise (``BacksolveAdjoint``, torchdiffeq's adjoint): the
   adjoint ODE solved numerically backwards, O(1) memory in the number of steps, a gradient that is
   only as accurate as the backward solve (and the backward reconstruction of ``y``).
 """

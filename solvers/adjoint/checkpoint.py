@@ -7,7 +7,7 @@ segments between checkpoints from the last to the first: it replays the segment'
 with the method's one-step API ``algorithm.step(f, t_j, y_j, dt_j)`` (the same code the step loop
 runs) and the method's dense output at the save times inside it, this time with a graph, and
 backpropagates through that segment only. Every recomputed step is the step the forward solve
-took, so the gradient equals :class:`~solvers.adjoint.Backprop`'s to rounding.
+took, so the gradient equals ``Backprop``'s to rounding.
 
 Cost: one extra forward evaluation of every step (``nfe_backward`` = the forward's NFE over the
 accepted steps), memory ``O(n_checkpoints + steps / n_checkpoints)`` states and graphs: the
@@ -47,7 +47,7 @@ class CheckpointAdjoint(Adjoint):
         params: extra tensors to differentiate (for a plain-function ``f``).
 
     The forward solve's trace is available (``trace=True``, detached: the global regularisers
-    need :class:`~solvers.adjoint.Backprop`). Recomputation evaluations and steps are counted in
+    need ``Backprop``). Recomputation evaluations and steps are counted in
     ``sol.stats.backward`` after ``loss.backward()``. Reversed spans are supported.
     """
 

@@ -44,7 +44,7 @@ def check_backward_tolerance(name: str, value: Any) -> float | None:
 def with_graph(sol: Solution, ys: Tensor, y_final: Tensor, adjoint: Any, backward: Stats,
                keep_trace: bool, problem: Any) -> Solution:
     """``sol`` with its states replaced by the differentiable ones; ``stats.backward`` (a
-    :class:`~solvers.solution.Stats` filled in by the backward pass) and ``stats.adjoint`` added."""
+    ``Stats`` filled in by the backward pass) and ``stats.adjoint`` added."""
     extra = dict(sol.stats.extra)
     extra["adjoint"] = repr(adjoint)
     extra["backward"] = backward

@@ -18,7 +18,7 @@ class TorchDiffEqAdjoint(Adjoint):
     """``torchdiffeq.odeint_adjoint``: the continuous adjoint of Chen et al. (NeurIPS 2018) as
     torchdiffeq implements it, with torchdiffeq's own solver.
 
-    The algorithm must be a :class:`~solvers.TorchDiffEq` (its method name is used; its
+    The algorithm must be a ``TorchDiffEq`` (its method name is used; its
     ``adjoint`` flag is ignored): torchdiffeq cannot step with our methods, and an adjoint never
     swaps the caller's solver for another one. The backward solve uses torchdiffeq's defaults (the
     forward method and tolerances) unless ``options`` (torchdiffeq's ``adjoint_options``) say
@@ -58,7 +58,7 @@ class TorchDiffEqAdjoint(Adjoint):
 class TorchSDEAdjoint(Adjoint):
     """``torchsde.sdeint_adjoint`` (Li, Wong, Chen & Duvenaud, "Scalable gradients for stochastic
     differential equations", AISTATS 2020): the stochastic adjoint with torchsde's fixed-step
-    ``method`` for the forward and backward passes. Used by :class:`nde.NeuralSDE`; a fixed ``dt``
+    ``method`` for the forward and backward passes. Used by ``nde.NeuralSDE``; a fixed ``dt``
     is required there."""
 
     keeps_trace = False

@@ -42,14 +42,14 @@ class DCDM(Algorithm):
     """Deep conjugate direction method for symmetric positive (semi-)definite ``A x = b``.
 
     Args:
-        model: a :class:`~solvers.linear.network.DCDMNet` (the problem must carry its ``grid``, as the
-            ones from :func:`~solvers.linear.poisson_problem` do), any callable ``r -> q`` on vectors, or
+        model: a ``DCDMNet`` (the problem must carry its ``grid``, as the
+            ones from ``poisson_problem`` do), any callable ``r -> q`` on vectors, or
             ``None`` for the identity (then DCDM is CG).
         s: number of previous directions to A-orthogonalise against (paper: 2).
         refresh: recompute the true residual ``b - A x`` every ``refresh`` iterations (0: never).
         safeguard: ``eps`` of the descent test ``(q, r) > eps ||q|| ||r||``.
 
-    Options of ``solve`` as for :class:`~solvers.linear.PCG` (``rtol``, ``atol``, ``maxiter`` (default
+    Options of ``solve`` as for ``PCG`` (``rtol``, ``atol``, ``maxiter`` (default
     1000), ``x0``, ``throw``, ``check_symmetry``, ``callback``). The stats add ``model_time`` (seconds spent
     in the network) and ``fallbacks`` (safeguard steps).
     """

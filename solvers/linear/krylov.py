@@ -174,11 +174,11 @@ class PCG(Algorithm):
 
     Args:
         preconditioner: ``"jacobi"``, ``"ic0"``, ``"amg"`` (pyamg), ``"none"``, a
-            :class:`~solvers.linear.preconditioners.Preconditioner` or a callable ``r -> M^{-1} r``
+            ``Preconditioner`` or a callable ``r -> M^{-1} r``
             (symmetric positive definite).
 
     Options of ``solve``: ``rtol`` (1e-6) and ``atol`` (0): stop when ``||r|| <= max(rtol ||b||, atol)``;
-    ``maxiter`` (10 n); ``x0`` (zeros); ``throw`` (True: raise :class:`~solvers.solution.SolverError`
+    ``maxiter`` (10 n); ``x0`` (zeros); ``throw`` (True: raise ``SolverError``
     when not converged or indefinite; False: return the retcode); ``check_symmetry`` (True);
     ``callback(k, x, r)``. The stats hold ``iterations``, ``residuals`` (``||r_k||/||b||``), ``setup_time``
     (preconditioner), ``solve_time`` and ``nfe`` (products with ``A``).
@@ -209,7 +209,7 @@ class PCG(Algorithm):
 
 
 class CG(PCG):
-    """Plain conjugate gradients (``M = I``); see :class:`PCG` for the options."""
+    """Plain conjugate gradients (``M = I``); see ``PCG`` for the options."""
 
     def __init__(self):
         super().__init__(preconditioner="none")
@@ -221,6 +221,6 @@ class CG(PCG):
 class FlexibleCG(PCG):
     """Flexible CG (Polak-Ribiere ``beta``; Notay, SIAM J. Sci. Comput. 22, 2000) for preconditioners that
     vary between iterations or are nonlinear (e.g. an inner iterative solve or a network). With a fixed SPD
-    preconditioner it gives the same iterates as :class:`PCG` in exact arithmetic."""
+    preconditioner it gives the same iterates as ``PCG`` in exact arithmetic."""
 
     flexible = True

@@ -39,7 +39,7 @@ Applications*, 1985; the symmetric two-grid operator is
 At initialisation (``omega`` spread over ``[0.55, 0.8]``, ``kappa = 1.5``, ``w = 2/3``, gates 1) the
 cycle is a hand-set aggregation multigrid: the benchmark reports it beside the trained one, so what
 training adds is measured, not assumed. The operator is read off the geometry channels (cells beyond
-the array solid); :class:`GridModel` also passes the grid's diagonal, so Dirichlet faces beyond the
+the array solid); ``GridModel`` also passes the grid's diagonal, so Dirichlet faces beyond the
 array (``dirichlet_grid``) enter the operator too.
 """
 
@@ -61,7 +61,7 @@ def _pool_sum(x: Tensor, dim: int) -> Tensor:
 
 
 def _inject(x: Tensor, dim: int) -> Tensor:
-    """``P_0``: copy every coarse cell to its 2^d children (the adjoint of :func:`_pool_sum`)."""
+    """``P_0``: copy every coarse cell to its 2^d children (the adjoint of ``_pool_sum``)."""
     return F.interpolate(x, scale_factor=2, mode="nearest")
 
 
@@ -195,7 +195,7 @@ class DCDMNet(nn.Module):
     def hierarchy(self, geom: Tensor, diagonal: Tensor | None = None) -> dict:
         """Operators, pseudo-inverse of the coarsest one and geometry features of every level; they
         depend on the geometry only (not on the weights), so callers cache them per domain. ``diagonal``
-        (see :meth:`StencilOperator.from_geometry`) carries Dirichlet faces beyond the array."""
+        (see ``StencilOperator.from_geometry``) carries Dirichlet faces beyond the array."""
         d = self.dim
         shape = tuple(geom.shape[1:])
         L = self.levels(shape)
@@ -272,7 +272,7 @@ class DCDMNet(nn.Module):
 
 
 class GridModel:
-    """Wraps a grid network as the vector map ``r -> q`` that :class:`~solvers.linear.DCDM` calls.
+    """Wraps a grid network as the vector map ``r -> q`` that ``DCDM`` calls.
 
     Scatters the unknowns on the grid, scales them to unit RMS, runs the network without gradients in its
     own dtype, and gathers the fluid cells back in the residual's dtype.

@@ -1,8 +1,8 @@
-"""Operators behind a :class:`~solvers.problem.LinearProblem`: one matvec interface for every form of ``A``.
+"""Operators behind a ``LinearProblem``: one matvec interface for every form of ``A``.
 
 ``A`` may be a dense or sparse torch tensor, a scipy sparse matrix or a matvec callable. Krylov solvers
 only need ``x -> A x``; preconditioners that factorise (IC(0), AMG) also need the matrix itself, which
-:func:`as_scipy` provides when ``A`` is explicit.
+``as_scipy`` provides when ``A`` is explicit.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def _scipy_apply(csr: sp.csr_matrix, dtype: torch.dtype) -> Callable[[Tensor], T
 
 
 def as_operator(problem, dtype: torch.dtype | None = None) -> LinearOperator:
-    """The problem's ``A`` as a :class:`LinearOperator` acting on tensors like ``problem.b``."""
+    """The problem's ``A`` as a ``LinearOperator`` acting on tensors like ``problem.b``."""
     b = problem.b
     return LinearOperator(problem.A, b.numel(), dtype or b.dtype, b.device)
 

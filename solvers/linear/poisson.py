@@ -11,9 +11,9 @@ Sec. 5.3; Kaneda et al. 2023, Sec. 5)::
 
 where ``n_i`` counts the neighbours of cell ``i`` that are not solid (fluid, air or Dirichlet faces). ``A``
 is symmetric positive semi-definite; it is singular exactly on fluid components that touch no Dirichlet
-cell (pure Neumann), whose indicator vectors span the null space (:meth:`PoissonGrid.nullspace`).
+cell (pure Neumann), whose indicator vectors span the null space (``PoissonGrid.nullspace``).
 
-On a box with all faces Dirichlet and every cell fluid (:func:`dirichlet_grid`), the unknowns are the
+On a box with all faces Dirichlet and every cell fluid (``dirichlet_grid``), the unknowns are the
 interior nodes ``x_i = i h`` (``i = 1..n``, ``h = 1/(n+1)``) of the unit square/cube and ``A`` is the
 second-order discretisation of ``-Laplace`` with the boundary values moved to the right-hand side.
 """
@@ -220,7 +220,7 @@ class PoissonGrid:
     def stencil(self, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
                 ) -> Callable[[Tensor], Tensor]:
         """``A`` applied to grid fields ``(..., *shape)`` (zero outside the fluid) with torch ops: the same
-        operator as :meth:`matrix`, differentiable and batched (used by the training loss)."""
+        operator as ``matrix``, differentiable and batched (used by the training loss)."""
         deg = torch.as_tensor(self.degree(), dtype=dtype, device=device)
         fl = torch.as_tensor(self.fluid, dtype=dtype, device=device)
         d, inv_h2 = self.dim, 1.0 / self.h ** 2
@@ -352,9 +352,9 @@ def divergence_rhs(grid: PoissonGrid, seed: int = 0, smoothing: float = 2.0) -> 
 
 def poisson_problem(grid: PoissonGrid, b: np.ndarray | Tensor | None = None, seed: int = 0,
                     dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu") -> LinearProblem:
-    """The :class:`~solvers.problem.LinearProblem` of ``grid`` (scipy CSR ``A``, null space, geometry).
+    """The ``LinearProblem`` of ``grid`` (scipy CSR ``A``, null space, geometry).
 
-    ``b`` defaults to :func:`divergence_rhs` with ``seed``. For a singular system a given ``b`` is
+    ``b`` defaults to ``divergence_rhs`` with ``seed``. For a singular system a given ``b`` is
     projected onto the range of ``A`` (the component along the null space removed) so it is consistent.
     """
     A = grid.matrix()

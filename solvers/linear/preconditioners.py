@@ -1,11 +1,11 @@
 """Preconditioners for PCG: ``z = M^{-1} r`` with ``M`` symmetric positive definite.
 
-* :class:`Jacobi`: ``M = diag(A)``.
-* :class:`IC0`: incomplete Cholesky with zero fill, ``M = L L^T`` where ``L`` has the sparsity of
+* ``Jacobi``: ``M = diag(A)``.
+* ``IC0``: incomplete Cholesky with zero fill, ``M = L L^T`` where ``L`` has the sparsity of
   ``tril(A)`` and ``(L L^T)_{ij} = A_{ij}`` on that pattern (Meijerink & van der Vorst 1977; Saad,
   *Iterative Methods for Sparse Linear Systems*, 2nd ed., Sec. 10.3.2). Applied by two sparse triangular
   solves.
-* :class:`AMG`: one V-cycle of smoothed-aggregation algebraic multigrid (pyamg; Vanek, Mandel & Brezina
+* ``AMG``: one V-cycle of smoothed-aggregation algebraic multigrid (pyamg; Vanek, Mandel & Brezina
   1996), which is a symmetric operator when the pre/post smoothers are symmetric (pyamg's defaults).
 
 A preconditioner is set up once per matrix: ``apply = prec.setup(operator)``; ``apply(r) -> z``.

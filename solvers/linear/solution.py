@@ -16,9 +16,9 @@ class LinearSolution(RetcodeResult):
 
     Attributes:
         x: the final iterate (dtype/device of ``b``).
-        retcode: :class:`~solvers.solution.ReturnCode` (``SUCCESS``, ``NOT_CONVERGED``, ``INDEFINITE``,
+        retcode: ``ReturnCode`` (``SUCCESS``, ``NOT_CONVERGED``, ``INDEFINITE``,
             ``BREAKDOWN``).
-        stats: :class:`~solvers.solution.Stats` with ``nfe`` = products with ``A`` and, in ``extra``:
+        stats: ``Stats`` with ``nfe`` = products with ``A`` and, in ``extra``:
             ``iterations``, ``residuals`` (``||r_k|| / ||b||`` for k = 0..iterations, float64 list),
             ``setup_time``, ``solve_time`` (seconds), ``precond_applies`` and solver-specific counters.
         problem, algorithm: what was solved and how.

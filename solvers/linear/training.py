@@ -5,7 +5,7 @@ The paper's loss (unsupervised, scale-invariant) is the residual left by one DCD
     L(theta) = mean_b || b - alpha A q ||^2,   q = f_theta(b),   alpha = (q, b) / (q, A q),
 
 for unit-norm ``b``; it is invariant to the scale of ``q`` and vanishes iff ``q`` is parallel to
-``A^{-1} b`` (:func:`dcdm_loss`, ``TrainConfig(unroll=1)``). The default, :func:`unrolled_dcdm_loss`
+``A^{-1} b`` (``dcdm_loss``, ``TrainConfig(unroll=1)``). The default, ``unrolled_dcdm_loss``
 with ``unroll = 4``, is the mean log residual reduction over four DCDM iterations; with the one-step loss
 our network lowered the loss while tripling its iteration count (see that function).
 
@@ -135,7 +135,7 @@ def unrolled_dcdm_loss(f, A, b: Tensor, steps: int, s: int = 2) -> Tensor:
 
 @dataclass
 class TrainConfig:
-    """Settings of :func:`train_dcdm` (saved with every checkpoint)."""
+    """Settings of ``train_dcdm`` (saved with every checkpoint)."""
 
     n: int = 32
     dim: int = 3
@@ -167,10 +167,10 @@ def training_grids(cfg: TrainConfig) -> list[PoissonGrid]:
 def train_dcdm(cfg: TrainConfig, checkpoint: str | os.PathLike | None = None, progress: bool = True,
                grids: Sequence[PoissonGrid] | None = None, until: int | None = None
                ) -> tuple[DCDMNet, list[float]]:
-    """Train a :class:`DCDMNet` on ``cfg``'s domains; resumes from ``checkpoint`` when it exists.
+    """Train a ``DCDMNet`` on ``cfg``'s domains; resumes from ``checkpoint`` when it exists.
 
     Each step draws one domain (cycling) and ``cfg.batch`` Ritz-vector right-hand sides, and takes an Adam
-    step on :func:`unrolled_dcdm_loss` (:func:`dcdm_loss` when ``cfg.unroll == 1``; ``A q`` by the grid's
+    step on ``unrolled_dcdm_loss`` (``dcdm_loss`` when ``cfg.unroll == 1``; ``A q`` by the grid's
     torch stencil). The learning rate decays
     geometrically from ``lr`` to ``lr_final`` over ``cfg.steps``. ``until`` stops this call early at that
     step (with a checkpoint), as an interruption would. Returns the network and the loss history.
@@ -245,7 +245,7 @@ def train_dcdm(cfg: TrainConfig, checkpoint: str | os.PathLike | None = None, pr
 
 
 def load_dcdm(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> DCDMNet:
-    """A :class:`DCDMNet` from a weights file written by :func:`save_weights` or a training checkpoint."""
+    """A ``DCDMNet`` from a weights file written by ``save_weights`` or a training checkpoint."""
     state = torch.load(path, map_location=map_location, weights_only=False)
     cfg = state.get("config", {})
     net = DCDMNet(cfg.get("dim", 3), nu=cfg.get("nu", 2), min_size=cfg.get("min_size", 4),
@@ -266,5 +266,5 @@ def pretrained_path() -> Path:
 
 
 def load_pretrained(map_location: str | torch.device = "cpu") -> DCDMNet:
-    """The shipped 3D network (see :func:`pretrained_path`)."""
+    """The shipped 3D network (see ``pretrained_path``)."""
     return load_dcdm(pretrained_path(), map_location)

@@ -62,13 +62,13 @@ class ExplicitRungeKutta(Stepper):
     * ``dense`` (True): keep the stages so that ``sol(t)`` works anywhere in the span.
     * ``trace`` (False): record every attempted step in ``sol.trace``; with gradients enabled the
       error and stiffness estimates stay on the autograd graph.
-    * ``controller``: an :mod:`~solvers.stepping.controllers` instance (default: ``IController()``;
+    * ``controller``: an ``controllers`` instance (default: ``IController()``;
       a ``PIController()`` without betas takes the method's recommended ones).
     * ``max_steps`` (100000), ``dtmin`` (0: the floating-point resolution of t), ``dtmax`` (inf).
-    * ``throw`` (True): raise :class:`~solvers.solution.SolverError` on failure; ``False`` returns
+    * ``throw`` (True): raise ``SolverError`` on failure; ``False`` returns
       the partial solution with its ``retcode``.
     * ``progress`` (False): a tqdm bar over the time span, drawn only when stderr is a terminal.
-    * ``events``: an :class:`~solvers.events.Event` or a sequence of them, located on the dense
+    * ``events``: an ``Event`` or a sequence of them, located on the dense
       output; a terminal one ends the solve (``ReturnCode.EVENT``), all hits are in ``sol.events``.
     """
 
@@ -247,8 +247,8 @@ class ExplicitRungeKutta(Stepper):
         """One differentiable step of ``dy/dt = f(t, y)`` from ``(t, y)`` with step ``dt``.
 
         ``f0 = f(t, y)`` may be passed to save an evaluation (FSAL). Returns a
-        :class:`~solvers.stepping.protocol.StepResult` with the next state, the scaled error
-        estimate (tolerances ``rtol``/``atol``, default :data:`DEFAULT_TOLERANCES` ``["ode"]``), the
+        ``StepResult`` with the next state, the scaled error
+        estimate (tolerances ``rtol``/``atol``, default ``DEFAULT_TOLERANCES`` ``["ode"]``), the
         stiffness estimate, the NFE and the stages; all tensors stay on the graph. This is the very
         step ``solve`` takes (``attempt``).
         """

@@ -6,7 +6,7 @@ An explicit Runge-Kutta method with ``s`` stages advances ``y_n`` by
     y_{n+1} = y_n + h * sum_i b_i k_i
     err     = h * sum_i e_i k_i,       e = b - b_hat  (the embedded lower-order solution)
 
-(Hairer, Norsett, Wanner, *Solving ODEs I*, section II.1). Building a :class:`ButcherTableau` checks
+(Hairer, Norsett, Wanner, *Solving ODEs I*, section II.1). Building a ``ButcherTableau`` checks
 that ``a`` is strictly lower triangular, that its row sums equal ``c``, that ``b`` sums to one and
 ``e`` to zero, and that ``b`` (and ``b_hat``) satisfy the order conditions up to the claimed order
 (all rooted trees up to order 4; beyond that the convergence tests are the check). It also derives

@@ -3,8 +3,8 @@
 ``ode_from_sympy`` takes the right-hand sides of ``y' = F(t, y)`` as SymPy expressions in the
 unknown functions, solves the initial value problem with ``sympy.dsolve`` (or takes a closed form
 you supply), verifies it with ``sympy.checkodesol`` and by substituting ``t0`` into the initial
-condition, and returns an :class:`~solvers.problem.ODEProblem` whose ``f`` and ``analytic`` are
-torch functions made by :func:`solvers.symbolic.to_torch`. A reference whose exact solution does not
+condition, and returns an ``ODEProblem`` whose ``f`` and ``analytic`` are
+torch functions made by ``solvers.symbolic.to_torch``. A reference whose exact solution does not
 check out symbolically is an error, never a silent approximation.
 """
 

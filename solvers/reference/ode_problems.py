@@ -1,6 +1,6 @@
 """A library of ODE reference problems, each derived and verified in SymPy.
 
-Every problem is built by :func:`~solvers.reference.builder.ode_from_sympy`: the exact solution is
+Every problem is built by ``ode_from_sympy``: the exact solution is
 found by ``dsolve`` (or stated in closed form) and checked by ``checkodesol`` before use. Builders
 are cached; ``problem(name)`` returns one by name, ``PROBLEMS`` lists them all.
 

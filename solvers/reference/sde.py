@@ -64,7 +64,7 @@ class SDEComponent:
 class SDEReference:
     """A (vector) SDE made of independent scalar components, each driven by its own ``W_i``.
 
-    ``problem(n_paths)`` builds an :class:`~solvers.problem.SDEProblem` with state
+    ``problem(n_paths)`` builds an ``SDEProblem`` with state
     ``(n_paths, d)``; ``exact(t, W)`` evaluates the verified solution; ``mean(t)``/``variance(t)``
     the exact moments (shape ``(d,)``) where derived.
     """

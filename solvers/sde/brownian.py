@@ -2,11 +2,11 @@
 
 Two sources of Brownian increments, behind one small interface ``path(ta, tb, return_U=False)``:
 
-* :class:`IntervalPath` wraps ``torchsde.BrownianInterval`` (Kidger et al., "Efficient and accurate
+* ``IntervalPath`` wraps ``torchsde.BrownianInterval`` (Kidger et al., "Efficient and accurate
   gradients for neural SDEs", NeurIPS 2021). It can be queried on any interval, in any order, and
   always returns values of the *same* path: a rejected adaptive step asks again for a shorter
   interval and gets the Brownian-bridge-consistent increment. This is what adaptive solves use.
-* :class:`GridIncrements` draws all the increments of a fixed grid up front with one ``randn``
+* ``GridIncrements`` draws all the increments of a fixed grid up front with one ``randn``
   call (no tree, no cache, no bridge sampling). Fixed-step solves use it: they never revisit an
   interval, so they should not pay for a structure that only rejected steps need.
 

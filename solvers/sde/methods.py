@@ -111,7 +111,7 @@ class SDEAlgorithm(Stepper):
       methods (Brownian path from ``torchsde.BrownianInterval``, so rejected steps stay on the path).
     * ``brownian``: a path to use instead (anything callable as ``bm(ta, tb)``, and
       ``bm(ta, tb, return_U=True)`` for SRA1: a ``torchsde.BrownianInterval``, an
-      :class:`~solvers.sde.brownian.IntervalPath`); ``seed`` seeds the path the solver makes.
+      ``IntervalPath``); ``seed`` seeds the path the solver makes.
     * ``saveat`` (default: every step; adaptive steps are clipped to land on these times),
       ``save_noise`` (also return ``W`` at the saved times in ``sol.ws``), ``trace``,
       ``max_steps``, ``throw``, ``progress``.
@@ -209,7 +209,7 @@ class SDEAlgorithm(Stepper):
              g0: Tensor | None = None, rtol: float | None = None, atol: float | None = None) -> StepResult:
         """One differentiable step with increment ``dW`` (``U`` for SRA1). ``f0``/``g0`` may be passed
         to reuse ``f(t, y)``/``g(t, y)``. ``rtol``/``atol`` (adaptive methods' error estimate) default to
-        :data:`~solvers.stepping.controllers.DEFAULT_TOLERANCES` ``["sde"]``. The loop's ``attempt``
+        ``DEFAULT_TOLERANCES`` ``["sde"]``. The loop's ``attempt``
         calls this very method."""
         raise NotImplementedError
 

@@ -1,4 +1,4 @@
-"""The SDE solution: a :class:`~solvers.solution.Solution` that carries its noise."""
+"""The SDE solution: a ``Solution`` that carries its noise."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from ..solution import Solution
 
 
 class SDESolution(Solution):
-    """An SDE solution: :class:`~solvers.solution.Solution` plus the noise.
+    """An SDE solution: ``Solution`` plus the noise.
 
     Extra attributes: ``ws`` (``W(t) - W(t0)`` at ``ts`` when solved with ``save_noise=True``),
-    ``brownian`` (the path used: a :class:`GridIncrements` or an :class:`IntervalPath`), ``seed``.
+    ``brownian`` (the path used: a ``GridIncrements`` or an ``IntervalPath``), ``seed``.
     ``stats.nge`` counts diffusion evaluations. There is no dense output between steps.
     """
 

@@ -1,10 +1,10 @@
 """The stepping layer shared by ODE and SDE methods.
 
-* :mod:`~solvers.stepping.protocol`: :class:`Stepper`, the protocol every method implements, and
-  :class:`StepResult`, what one attempted step returns;
-* :mod:`~solvers.stepping.loop`: :class:`Integrator`, the one step loop (``init``/``solve``);
-* :mod:`~solvers.stepping.controllers`: step-size controllers, which own the tolerances
-  (:data:`DEFAULT_TOLERANCES`) and the first step (Hairer's heuristic).
+* ``protocol``: ``Stepper``, the protocol every method implements, and
+  ``StepResult``, what one attempted step returns;
+* ``loop``: ``Integrator``, the one step loop (``init``/``solve``);
+* ``controllers``: step-size controllers, which own the tolerances
+  (``DEFAULT_TOLERANCES``) and the first step (Hairer's heuristic).
 """
 
 from .controllers import (

@@ -6,23 +6,23 @@ differentiated (the error estimate itself is, in the trace).
 
 Choosing one:
 
-* :class:`IController` (``dt_new = dt * safety * E^(-1/k)``, ``k`` = embedded order + 1) is the
+* ``IController`` (``dt_new = dt * safety * E^(-1/k)``, ``k`` = embedded order + 1) is the
   textbook rule and what torchdiffeq and diffrax use by default; it is our default too. On smooth
   non-stiff problems it reaches a given accuracy with the fewest evaluations, but its step sizes
   can oscillate (with rejections) when the step is limited by stability rather than accuracy.
-* :class:`PIController` (Gustafsson; Hairer & Wanner II, section IV.2) damps that oscillation by
+* ``PIController`` (Gustafsson; Hairer & Wanner II, section IV.2) damps that oscillation by
   also using the previous accepted error, at the price of growing the step more slowly. Each method
   ships recommended ``(beta1, beta2)`` used when they are left unset (Tsit5: 0.7/5 and 0.4/5, as
   OrdinaryDiffEq; Dopri5: Hairer's 0.17 and 0.04).
-* :class:`PIDController` (Soderlind, ACM TOMS 29, 2003) adds a derivative term. Practical
+* ``PIDController`` (Soderlind, ACM TOMS 29, 2003) adds a derivative term. Practical
   ``(pcoeff, icoeff)`` pairs: (0.4, 0.3) and (0.3, 0.3) for smooth non-stiff problems, (0.2, 0.4) when
   steps are often stability limited, (0.1, 0.3) for SDEs; ``(0, 1, 0)`` is the I controller.
-* :class:`ConstantStepSize` is what ``dt=`` selects: every step accepted.
+* ``ConstantStepSize`` is what ``dt=`` selects: every step accepted.
 
 Tolerances and the first step belong to the controller. Every controller takes keyword-only
 ``rtol`` / ``atol``; ``solve(..., rtol=, atol=)`` sets them for one solve (passing both ways is an
-error); where neither says, :data:`DEFAULT_TOLERANCES` for the problem kind applies. The starting
-step of an adaptive solve is :meth:`Controller.initial_step` (Hairer's heuristic) unless ``dt0=``
+error); where neither says, ``DEFAULT_TOLERANCES`` for the problem kind applies. The starting
+step of an adaptive solve is ``Controller.initial_step`` (Hairer's heuristic) unless ``dt0=``
 is given.
 """
 
@@ -69,7 +69,7 @@ class Controller:
 
     Args:
         rtol, atol: the tolerances of the scaled error estimate (keyword-only; ``None``: the
-            solve's options, else :data:`DEFAULT_TOLERANCES`).
+            solve's options, else ``DEFAULT_TOLERANCES``).
     """
 
     rtol: float | None = None
@@ -93,7 +93,7 @@ class Controller:
 
     def initial_step(self, f, t0: float, y0: Tensor, f0: Tensor, direction: float, order: int,
                      rtol: float, atol: float) -> tuple[float, int]:
-        """The first step of an adaptive solve: Hairer's heuristic (:func:`initial_step`)."""
+        """The first step of an adaptive solve: Hairer's heuristic (``initial_step``)."""
         return initial_step(f, t0, y0, f0, direction, order, rtol, atol)
 
     def adapt(self, state: ControllerState, dt: float, error: float, k: int) -> tuple[bool, float]:

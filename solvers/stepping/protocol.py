@@ -1,7 +1,7 @@
 """The stepper protocol: what every time-stepping method (ODE or SDE) gives the one loop.
 
-A *stepper* is an :class:`~solvers.algorithm.Algorithm` that can attempt one step. The loop
-(:mod:`solvers.stepping.loop`) owns everything else: the span, the step-size controller, rejection,
+A *stepper* is an ``Algorithm`` that can attempt one step. The loop
+(``solvers.stepping.loop``) owns everything else: the span, the step-size controller, rejection,
 ``saveat``, the trace, return codes, progress and events. A method supplies:
 
 * facts: ``adaptive``, ``error_exponent`` (the ``k`` of the controller's ``E^(-1/k)``),
@@ -92,7 +92,7 @@ class Stepper(Algorithm):
     module docstring for the protocol.
     """
 
-    #: Which default tolerances apply (:data:`~solvers.stepping.controllers.DEFAULT_TOLERANCES`).
+    #: Which default tolerances apply (``DEFAULT_TOLERANCES``).
     kind: ClassVar[str] = "ode"
     #: Dense output between steps: ``saveat`` is interpolated, events can be located.
     interpolates: ClassVar[bool] = False
