@@ -46,21 +46,22 @@ class ControllerState:
     prev_prev_error: float = 1.0
 
 
-#: Default ``(rtol, atol)`` of every time-stepping solve, by use: the one place they are set.
-#:
-#: * ``"ode"`` 1e-6 / 1e-9: ``solve`` of an ODE (our methods and ``TorchDiffEq``); near float64
-#:   reference accuracy at moderate cost. The atol is tighter than rtol since states are often O(1)
-#:   and a 1e-6 atol would dominate near zero.
-#: * ``"sde"`` 1e-3 / 1e-6: ``solve`` of an SDE with an adaptive method (strong order 0.5-1.5: a
-#:   tighter tolerance buys little against the Monte Carlo error).
-#: * ``"neural_ode"`` 1e-3 / 1e-4: ``nde.NeuralODE`` training (Pal et al. 2021/2023 train at 1e-3
-#:   / 1e-4 and below; the gradient noise of SGD dwarfs the solver error there).
-#: * ``"neural_sde"`` 1e-2 / 1e-3: ``nde.NeuralSDE`` training with an adaptive method.
-#: * ``"stable_sde"`` 1e-2 / 1e-2: the stable neural SDE classifiers (Oh et al. 2024) when given an
-#:   adaptive method (their default is fixed-step Euler-Maruyama, where tolerances do not apply).
 DEFAULT_TOLERANCES: dict[str, tuple[float, float]] = {
     "ode": (1e-6, 1e-9), "sde": (1e-3, 1e-6), "neural_ode": (1e-3, 1e-4), "neural_sde": (1e-2, 1e-3),
     "stable_sde": (1e-2, 1e-2)}
+"""Default ``(rtol, atol)`` of every time-stepping solve, by use: the one place they are set.
+
+* ``"ode"`` 1e-6 / 1e-9: ``solve`` of an ODE (our methods and ``TorchDiffEq``); near float64
+  reference accuracy at moderate cost. The atol is tighter than rtol since states are often O(1)
+  and a 1e-6 atol would dominate near zero.
+* ``"sde"`` 1e-3 / 1e-6: ``solve`` of an SDE with an adaptive method (strong order 0.5-1.5: a
+  tighter tolerance buys little against the Monte Carlo error).
+* ``"neural_ode"`` 1e-3 / 1e-4: ``nde.NeuralODE`` training (Pal et al. 2021/2023 train at 1e-3
+  / 1e-4 and below; the gradient noise of SGD dwarfs the solver error there).
+* ``"neural_sde"`` 1e-2 / 1e-3: ``nde.NeuralSDE`` training with an adaptive method.
+* ``"stable_sde"`` 1e-2 / 1e-2: the stable neural SDE classifiers (Oh et al. 2024) when given an
+  adaptive method (their default is fixed-step Euler-Maruyama, where tolerances do not apply).
+"""
 
 
 @dataclass(frozen=True, kw_only=True)
