@@ -5,23 +5,72 @@
 interface) and returns the same :class:`~solvers.solution.Solution` type. torchdiffeq reports no
 statistics, so ``f`` is wrapped to count evaluations: ``stats.nfe`` counts the forward solve, and
 ``stats.nfe_counter.backward`` keeps counting the evaluations made by a later backward pass.
+``stats.naccept``/``stats.nreject`` come from torchdiffeq's step callbacks (``callback_accept_step``/
+``callback_reject_step`` of its adaptive Runge-Kutta solvers, ``callback_step`` of its fixed-grid
+ones); ``"scipy_solver"`` has no callbacks, so its step counts stay 0.
 torchdiffeq exposes no per-step error or stiffness estimates, so ``trace`` is not available here.
+
+Failures: only torchdiffeq's own failures become return codes (its ``AssertionError`` messages
+``"underflow in dt ..."`` -> ``DT_MIN``, or ``UNSTABLE`` when the step size is NaN;
+``"max_num_steps exceeded ..."`` -> ``MAX_STEPS``; ``"non-finite values in state `y`..."`` ->
+``UNSTABLE``). Any other exception, in particular one raised by the user's ``f``, propagates
+unchanged, as it does with our own methods.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ..algorithm import Algorithm
-from ..checks import check_options, check_tolerance
+from ..checks import check_options, check_precision, check_tolerance
 from ..problem import ODEProblem
 from ..solution import ReturnCode, Solution, SolverError, Stats, as_time_tensor
 from ..stepping.controllers import DEFAULT_TOLERANCES
 
 _OPTIONS = ("rtol", "atol", "saveat", "dt", "options", "adjoint_params", "adjoint_options", "throw")
+
+# torchdiffeq's own failure messages (torchdiffeq/_impl/rk_common.py, ``_adaptive_step`` and
+# ``_advance``), each with the return code it means. Nothing else is relabelled.
+_TORCHDIFFEQ_FAILURES = (("underflow in dt", ReturnCode.DT_MIN),
+                         ("max_num_steps exceeded", ReturnCode.MAX_STEPS),
+                         ("non-finite values in state", ReturnCode.UNSTABLE))
+
+
+def _torchdiffeq_failure(err: BaseException) -> ReturnCode | None:
+    """The return code of a failure torchdiffeq itself raised, or ``None`` for anything else.
+
+    The exception must be one of torchdiffeq's known assertion messages *and* be raised by a frame
+    of the torchdiffeq package (the innermost frame of its traceback), so an ``AssertionError``
+    with the same words raised inside the user's ``f`` is not mistaken for it."""
+    if not isinstance(err, AssertionError):
+        return None
+    tb = err.__traceback__
+    if tb is None:
+        return None
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    import torchdiffeq
+
+    pkg = os.path.dirname(os.path.abspath(torchdiffeq.__file__))
+    if not os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(pkg + os.sep):
+        return None
+    msg = str(err)
+    for text, code in _TORCHDIFFEQ_FAILURES:
+        if msg.startswith(text):
+            if code is ReturnCode.DT_MIN and "nan" in msg.lower():
+                return ReturnCode.UNSTABLE   # a NaN step size: the error estimate was NaN
+            return code
+    return None
+
+
+def _solver_class(method: str):
+    from torchdiffeq._impl.odeint import SOLVERS
+
+    return SOLVERS[method]
 
 
 class NFECounter:
@@ -31,6 +80,8 @@ class NFECounter:
         self.forward = 0
         self.backward = 0
         self.in_forward = True
+        self.accepted = 0
+        self.rejected = 0
 
     def __repr__(self) -> str:
         return f"NFECounter(forward={self.forward}, backward={self.backward})"
@@ -39,13 +90,27 @@ class NFECounter:
 class _CountingField(nn.Module):
     """Wraps ``f`` as an ``nn.Module`` (odeint_adjoint finds its parameters) and counts calls."""
 
-    def __init__(self, f, counter: NFECounter):
+    def __init__(self, f, counter: NFECounter, callbacks: frozenset = frozenset()):
         super().__init__()
         if isinstance(f, nn.Module):
             self.inner = f
         else:
             self._f = f
         self.counter = counter
+        # Only the callbacks the torchdiffeq solver calls (it warns about the others).
+        if "callback_accept_step" in callbacks and "callback_reject_step" in callbacks:
+            self.callback_accept_step = self._accepted
+            self.callback_reject_step = self._rejected
+        elif "callback_step" in callbacks:
+            self.callback_step = self._accepted
+
+    def _accepted(self, t0, y0, dt) -> None:
+        if self.counter.in_forward:
+            self.counter.accepted += 1
+
+    def _rejected(self, t0, y0, dt) -> None:
+        if self.counter.in_forward:
+            self.counter.rejected += 1
 
     def forward(self, t: Tensor, y: Tensor) -> Tensor:
         if self.counter.in_forward:
@@ -65,15 +130,21 @@ class TorchDiffEq(Algorithm):
             re-solves an augmented ODE backwards in time).
 
     Options: ``rtol``, ``atol``, ``saveat`` (default: just the two ends of the span), ``dt`` (the
-    step size of torchdiffeq's fixed-grid methods), ``options`` (passed to torchdiffeq),
+    step size of torchdiffeq's fixed-grid methods; refused, ``ValueError``, for its adaptive ones,
+    where it would have no effect), ``options`` (passed to torchdiffeq),
     ``adjoint_params`` (for plain functions closing over parameters), ``adjoint_options``, ``throw``.
+    Tolerances the state's dtype cannot meet are refused or warned about before the solve
+    (``solvers.checks.check_precision``).
     """
 
     problem_types = (ODEProblem,)
 
     def __init__(self, method: str = "dopri5", adjoint: bool = False):
-        import torchdiffeq  # noqa: F401  (fail early if missing)
+        from torchdiffeq._impl.odeint import SOLVERS  # fail early if torchdiffeq is missing
 
+        if not isinstance(method, str) or method not in SOLVERS:
+            raise ValueError(f"unknown torchdiffeq method {method!r}; torchdiffeq has "
+                             f"{', '.join(sorted(SOLVERS))}")
         self.method = method
         self.adjoint = bool(adjoint)
 
@@ -85,9 +156,24 @@ class TorchDiffEq(Algorithm):
 
         check_options(options, _OPTIONS, f"solve with {self!r}")
         d_rtol, d_atol = DEFAULT_TOLERANCES["ode"]
-        rtol = check_tolerance("rtol", options.get("rtol", d_rtol))
-        atol = check_tolerance("atol", options.get("atol", d_atol))
+        # None means the default, as in the step loop.
+        rtol = check_tolerance("rtol", d_rtol if options.get("rtol") is None else options["rtol"])
+        atol = check_tolerance("atol", d_atol if options.get("atol") is None else options["atol"])
         y0 = problem.y0
+        from torchdiffeq._impl.solvers import FixedGridODESolver
+
+        solver_cls = _solver_class(self.method)
+        adaptive = not issubclass(solver_cls, FixedGridODESolver)
+        user_opts = dict(options.get("options") or {})
+        if adaptive:
+            for key in ("dt", "step_size"):
+                given = options.get(key) if key == "dt" else user_opts.get(key)
+                if given is not None:
+                    where = "dt=" if key == "dt" else "options={'step_size': ...}"
+                    raise ValueError(f"{where} has no effect on torchdiffeq's adaptive method "
+                                     f"{self.method!r} (it chooses its own steps from rtol/atol): drop it, "
+                                     "or use a fixed-grid method such as TorchDiffEq('rk4') with dt=")
+            check_precision(y0, rtol, atol, where=f"solve with {self!r}")
         saveat = options.get("saveat")
         ts = as_time_tensor(problem.tspan if saveat is None else saveat)
         if ts.numel() < 2:
@@ -97,9 +183,9 @@ class TorchDiffEq(Algorithm):
             ts_full, keep_from = ts, 0
         t_dev = ts_full.to(y0.device)
         counter = NFECounter()
-        func = _CountingField(problem.f, counter)
+        func = _CountingField(problem.f, counter, frozenset(solver_cls.valid_callbacks()))
         kwargs: dict[str, Any] = dict(rtol=rtol, atol=atol, method=self.method)
-        opts = dict(options.get("options") or {})
+        opts = user_opts
         if options.get("dt") is not None:
             opts["step_size"] = float(options["dt"])
         if opts:
@@ -117,13 +203,17 @@ class TorchDiffEq(Algorithm):
                 ys = torchdiffeq.odeint_adjoint(func, y0, t_dev, **kwargs)
             else:
                 ys = torchdiffeq.odeint(func, y0, t_dev, **kwargs)
-        except (AssertionError, RuntimeError) as err:
-            # torchdiffeq signals dt underflow and max_num_steps by AssertionError/RuntimeError.
-            code = ReturnCode.DT_MIN if "underflow" in str(err) else ReturnCode.MAX_STEPS \
-                if "max_num_steps" in str(err) else ReturnCode.UNSTABLE
+        except AssertionError as err:
+            # Only torchdiffeq's own failures (dt underflow, max_num_steps, a non-finite state) are
+            # return codes; anything else, e.g. raised by the user's f, propagates unchanged.
+            code = _torchdiffeq_failure(err)
+            if code is None:
+                raise
             if options.get("throw", True):
                 raise SolverError(code, detail=f"torchdiffeq: {err}") from err
-            return Solution(ts=ts[:1], ys=y0[None], stats=Stats(nfe=counter.forward), retcode=code,
+            stats = Stats(nfe=counter.forward, naccept=counter.accepted, nreject=counter.rejected,
+                          extra={"nfe_counter": counter})
+            return Solution(ts=ts[:1], ys=y0[None], stats=stats, retcode=code,
                             t_final=problem.t0, y_final=y0, problem=problem, algorithm=self)
         finally:
             counter.in_forward = False
@@ -133,6 +223,7 @@ class TorchDiffEq(Algorithm):
             code = ReturnCode.UNSTABLE
             if options.get("throw", True):
                 raise SolverError(code, t=float(ts[-1]), detail="torchdiffeq returned NaN/Inf.")
-        stats = Stats(nfe=counter.forward, extra={"nfe_counter": counter})
+        stats = Stats(nfe=counter.forward, naccept=counter.accepted, nreject=counter.rejected,
+                      extra={"nfe_counter": counter})
         return Solution(ts=ts, ys=ys, stats=stats, retcode=code, t_final=float(ts[-1]), y_final=ys[-1],
                         problem=problem, algorithm=self)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from ..checks import check_options, check_saveat, fixed_step, step_options
+from ..checks import check_options, check_precision, check_saveat, fixed_step, step_options
 from ..solution import ReturnCode, SolverError, Stats, StepTrace, as_time_tensor
 from .controllers import ConstantStepSize, Controller, PIController
 
@@ -93,6 +93,8 @@ class Integrator:
         rtol, atol = ctrl.tolerances(options, alg.kind)
         opts = step_options(options, rtol=rtol, atol=atol)
         self.rtol, self.atol = opts.rtol, opts.atol
+        if not self.fixed:  # tolerances the state's dtype cannot meet: refused or warned, before work
+            check_precision(y0, self.rtol, self.atol, where=f"solve with {name}")
         self.want_trace, self.throw, self.max_steps = opts.trace, opts.throw, opts.max_steps
         self.dtmin, self.dtmax = opts.dtmin, opts.dtmax
         self.ctrl_state = ctrl.new_state()
