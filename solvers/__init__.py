@@ -34,6 +34,8 @@ from .ode import (
     Ralston,
     TorchDiffEq,
     Tsit5,
+    Vern6,
+    Vern7,
     Verner65,
 )
 from .problem import IntegralProblem, LinearProblem, ODEProblem, SDEProblem
@@ -46,6 +48,7 @@ __all__ = [
     "ODEProblem", "SDEProblem", "LinearProblem", "IntegralProblem",
     "Solution", "Stats", "StepTrace", "ReturnCode", "SolverError",
     "ButcherTableau", "Euler", "Midpoint", "Heun", "Ralston", "RK4", "Bosh3", "Dopri5", "Tsit5", "Verner65",
+    "Vern6", "Vern7",
     "METHODS", "ConstantStepSize", "IController", "PIController", "PIDController", "TorchDiffEq",
     "Adjoint", "Backprop", "BacksolveAdjoint", "CheckpointAdjoint", "TorchDiffEqAdjoint", "TorchSDEAdjoint",
 ]

@@ -13,7 +13,9 @@ from solvers.convergence import (
 )
 from solvers.reference import problem
 
-CASES = [(m, p) for m in METHODS for p in ORDER_PROBLEMS]
+# Vern6 and Vern7 reach float64 round-off within two or three halvings of dt: their orders are
+# measured on a finer dt ladder in tests/test_verner.py.
+CASES = [(m, p) for m in METHODS for p in ORDER_PROBLEMS if m.__name__ not in ("Vern6", "Vern7")]
 
 
 @pytest.mark.parametrize("method, name", CASES, ids=[f"{m.__name__}-{p}" for m, p in CASES])
@@ -38,7 +40,7 @@ def test_dense_output_of_order_4_interpolants_converges(method, expected):
     assert res.observed >= expected - 0.3, (res.observed, res.errors)
 
 
-@pytest.mark.parametrize("name", ["RK4", "Bosh3", "Verner65"])
+@pytest.mark.parametrize("name", ["RK4", "Bosh3", "Verner65", "Vern6", "Vern7"])
 def test_hermite_dense_output_converges_at_order_4(name):
     m = {M.__name__: M for M in METHODS}[name]()
     res = dense_convergence_order(problem("harmonic"), m, kmin=4)

@@ -16,13 +16,14 @@ from .runge_kutta import ExplicitRungeKutta
 from .tableau import ButcherTableau
 from .torchdiffeq_backend import TorchDiffEq
 from .tsit5 import Tsit5
-from .verner import Verner65
+from .verner import Vern6, Vern7, Verner65
 
 #: Every explicit Runge-Kutta method, in order of increasing order.
-METHODS = (Euler, Midpoint, Heun, Ralston, Bosh3, RK4, Dopri5, Tsit5, Verner65)
+METHODS = (Euler, Midpoint, Heun, Ralston, Bosh3, RK4, Dopri5, Tsit5, Verner65, Vern6, Vern7)
 
 __all__ = [
     "ButcherTableau", "ExplicitRungeKutta", "StepResult", "initial_step",
-    "Euler", "Midpoint", "Heun", "Ralston", "RK4", "Bosh3", "Dopri5", "Tsit5", "Verner65", "METHODS",
+    "Euler", "Midpoint", "Heun", "Ralston", "RK4", "Bosh3", "Dopri5", "Tsit5", "Verner65", "Vern6", "Vern7",
+    "METHODS",
     "Controller", "ConstantStepSize", "IController", "PIController", "PIDController", "TorchDiffEq",
 ]
