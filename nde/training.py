@@ -122,6 +122,24 @@ def load_checkpoint(path: str, seed: int, model: nn.Module, opt: torch.optim.Opt
     return ck
 
 
+def _check_labels(name: str, data: SeriesData, num_classes: int | None) -> None:
+    """Class labels ``y (N,)``: integers in ``[0, num_classes)``, one per series, checked before training
+    (out of range, cross-entropy would fail inside the first batch with torch's IndexError)."""
+    y = data.y
+    if not isinstance(y, Tensor) or y.dtype.is_floating_point or y.is_complex() or y.dtype == torch.bool:
+        what = y.dtype if isinstance(y, Tensor) else type(y).__name__
+        raise TypeError(f"{name}.y must be a tensor of integer class labels, got {what}")
+    if y.dim() != 1 or len(y) != len(data.x):
+        raise ValueError(f"{name}.y must have shape (N,) with N = len({name}.x) = {len(data.x)}, "
+                         f"got {tuple(y.shape)}")
+    lo, hi = int(y.min()), int(y.max())
+    if num_classes is not None and (lo < 0 or hi >= num_classes):
+        raise ValueError(f"{name}.y holds labels in [{lo}, {hi}]; the model has num_classes = {num_classes}, "
+                         f"so labels must lie in [0, {num_classes - 1}]")
+    if lo < 0:
+        raise ValueError(f"{name}.y holds a negative label ({lo}); class labels start at 0")
+
+
 def fit(model: nn.Module, train: SeriesData, val: SeriesData, config: TrainConfig | None = None,
         desc: str = "train") -> TrainResult:
     """Train ``model`` (``model(times, x, seed=...) -> logits``) with Adam and early stopping.
@@ -132,6 +150,9 @@ def fit(model: nn.Module, train: SeriesData, val: SeriesData, config: TrainConfi
     cfg = config or TrainConfig()
     if len(train.y) == 0 or len(val.y) == 0:
         raise ValueError("train and validation sets must not be empty")
+    num_classes = getattr(model, "num_classes", None)
+    for name, data in (("train", train), ("val", val)):
+        _check_labels(name, data, num_classes)
     dev = next(model.parameters()).device
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)

@@ -21,7 +21,7 @@ import sympy as sp
 import torch
 from torch import Tensor
 
-from solvers.checks import check_span
+from solvers.checks import check_real, check_span
 from solvers.symbolic import to_torch
 
 from .reference import T, X, cole_hopf, convection_diffusion_trig, periodic_gaussian_solution
@@ -247,7 +247,8 @@ def convection_diffusion(beta: float, nu: float, u0: str | sp.Expr = "sin", widt
     ``u0``: ``"sin"`` (``sin x``), ``"gaussian"`` (a front ``exp(-(x - c)^2 / (2 width^2))`` centred in
     the domain, periodised) or a SymPy trigonometric polynomial in ``x``.
     """
-    beta, nu = float(beta), float(nu)
+    beta, nu = check_real("beta", beta), check_real("nu", nu)
+    width = check_real("width", width)
     if not math.isfinite(beta):
         raise ValueError(f"beta must be finite, got {beta}")
     if not math.isfinite(nu) or nu < 0:
@@ -295,7 +296,7 @@ def burgers(nu: float, u0: sp.Expr, domain: tuple[float, float], tspan: tuple[fl
     ``boundary="dirichlet"`` the boundary values are read off the reference solution (which lives on
     the real line), so the case must be one where those are known (Raissi's zero boundaries).
     """
-    nu = float(nu)
+    nu = check_real("nu", nu)
     if not math.isfinite(nu) or nu <= 0:
         raise ValueError(f"viscous Burgers needs nu > 0, got {nu}")
     ref = cole_hopf(u0, nu, nodes)
@@ -341,7 +342,7 @@ def burgers_moving_shock(C: float = 0.0, nu: float = 0.01, nodes: int = 200,
     Galilean invariance: ``u(x, t) = C + v(x - C t, t)`` with ``v`` the Cole-Hopf solution for ``sin x``,
     so the shock forming near ``x = pi`` travels with speed ``C``.
     """
-    C = float(C)
+    C, nu = check_real("C", C), check_real("nu", nu)
     v = cole_hopf(sp.sin(X), nu, nodes)
 
     def ref(x: Tensor, t: Tensor) -> Tensor:

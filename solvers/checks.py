@@ -83,7 +83,7 @@ def check_real(name: str, value: Any) -> float:
 
 
 def check_tolerance(name: str, value: Any) -> float:
-    """A tolerance as a Python float: a real number (:func:`check_real`), finite and >= 0."""
+    """A tolerance as a Python float: a real number (``check_real``), finite and >= 0."""
     v = check_real(name, value)
     if not math.isfinite(v) or v < 0:
         raise ValueError(f"{name} must be finite and >= 0, got {value!r}")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from .checks import check_finite, check_floating, check_span
+from .checks import check_finite, check_floating, check_signature, check_span
 
 
 class _TimeSpan:
@@ -61,10 +61,13 @@ class ODEProblem(_TimeSpan):
     def __post_init__(self) -> None:
         if not callable(self.f):
             raise TypeError(f"f must be callable, got {type(self.f).__name__}")
+        check_signature("f", self.f, "f(t, y)")
         check_initial_state(self.y0)
         object.__setattr__(self, "tspan", check_span(self.tspan))
         if self.analytic is not None and not callable(self.analytic):
             raise TypeError("analytic must be callable or None")
+        if self.analytic is not None:
+            check_signature("analytic", self.analytic, "analytic(t)")
 
     def replace(self, **changes) -> ODEProblem:
         """A copy with some fields changed (e.g. another ``y0`` or ``tspan``)."""
@@ -94,6 +97,7 @@ class IntegralProblem:
     def __post_init__(self) -> None:
         if not callable(self.f):
             raise TypeError(f"f must be callable, got {type(self.f).__name__}")
+        check_signature("f", self.f, "f(x)")
         try:
             a, b = check_span(self.domain, allow_reversed=False)
         except ValueError as err:
@@ -238,6 +242,8 @@ class SDEProblem(_TimeSpan):
             raise TypeError(f"f (drift) must be callable, got {type(self.f).__name__}")
         if not callable(self.g):
             raise TypeError(f"g (diffusion) must be callable, got {type(self.g).__name__}")
+        check_signature("f (drift)", self.f, "f(t, y)")
+        check_signature("g (diffusion)", self.g, "g(t, y)")
         check_initial_state(self.y0)
         object.__setattr__(self, "tspan", check_span(self.tspan, allow_reversed=False))
         if self.noise not in _SDE_NOISE_TYPES:
@@ -254,6 +260,8 @@ class SDEProblem(_TimeSpan):
                 raise ValueError(f"diagonal noise needs brownian_size = d = {self.y0.shape[-1]}, got {m}")
         if self.analytic is not None and not callable(self.analytic):
             raise TypeError("analytic must be callable or None")
+        if self.analytic is not None:
+            check_signature("analytic", self.analytic, "analytic(t, W)")
 
     def replace(self, **changes) -> SDEProblem:
         """A copy with some fields changed (e.g. another ``y0`` or ``tspan``)."""

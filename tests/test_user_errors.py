@@ -144,3 +144,68 @@ def test_item5_tolerance_types():
     sol = solve(_decay(), Tsit5(), rtol=np.float64(1e-6), atol=torch.tensor(1e-9))
     assert sol.retcode is ReturnCode.SUCCESS
 
+
+def test_item5_label_out_of_range_named_before_training():
+    """A label >= num_classes used to fail inside the first batch with torch's IndexError."""
+    from nde.datasets import TimeSeriesDataset
+    from nde.stable_sde import build_model
+    from nde.training import TrainConfig, fit
+
+    torch.manual_seed(0)
+    t = torch.linspace(0, 1, 8, dtype=torch.float64)
+    x = torch.randn(6, 8, 2)
+    good = TimeSeriesDataset("toy", x, torch.tensor([0, 1, 0, 1, 0, 1]), t, ("a", "b"))
+    bad = TimeSeriesDataset("toy", x, torch.tensor([0, 1, 2, 1, 0, 1]), t, ("a", "b", "c"))
+    model = build_model("lsde", 2, 2, hidden_dim=4, width=4)
+    before = [p.detach().clone() for p in model.parameters()]
+    cfg = TrainConfig(epochs=1, batch_size=6, progress=False)
+    with pytest.raises(ValueError, match=r"train.y holds labels in \[0, 2\].*num_classes = 2.*\[0, 1\]"):
+        fit(model, bad, good, cfg)
+    with pytest.raises(ValueError, match=r"val.y holds labels in \[0, 2\]"):
+        fit(model, good, bad, cfg)
+    neg = TimeSeriesDataset("toy", x, torch.tensor([0, 1, -1, 1, 0, 1]), t, ("a", "b"))
+    with pytest.raises(ValueError, match="labels in \\[-1, 1\\]"):
+        fit(model, neg, good, cfg)
+    floats = TimeSeriesDataset("toy", x, torch.tensor([0.0, 1, 0, 1, 0, 1]), t, ("a", "b"))
+    with pytest.raises(TypeError, match="integer class labels"):
+        fit(model, floats, good, cfg)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))   # nothing trained
+
+
+def test_item5_convection_names_beta():
+    from pinn.problem import burgers_moving_shock, convection, convection_diffusion
+
+    with pytest.raises(TypeError, match="beta must be a real number.*'fast'"):
+        convection("fast")
+    with pytest.raises(TypeError, match="nu must be a real number"):
+        convection_diffusion(1.0, "0.1")
+    with pytest.raises(TypeError, match="C must be a real number"):
+        burgers_moving_shock(C="1")
+    assert convection(2).params["beta"] == 2.0
+
+
+def test_item5_vector_field_arity_named_when_the_problem_is_built():
+    from solvers import IntegralProblem, SDEProblem
+
+    y0 = torch.ones(2, dtype=torch.float64)
+    with pytest.raises(TypeError, match=r"f must be callable as f\(t, y\), but <lambda>\(y\)"):
+        ODEProblem(lambda y: -y, y0, (0.0, 1.0))
+
+    class Field(torch.nn.Module):
+        def forward(self, y):
+            return -y
+
+    with pytest.raises(TypeError, match=r"f\(t, y\).*Field\(y\)"):
+        ODEProblem(Field(), y0, (0.0, 1.0))
+    with pytest.raises(TypeError, match=r"g \(diffusion\) must be callable as g\(t, y\)"):
+        SDEProblem(lambda t, y: -y, lambda y: y, y0, (0.0, 1.0))
+    with pytest.raises(TypeError, match=r"analytic must be callable as analytic\(t\)"):
+        ODEProblem(lambda t, y: -y, y0, (0.0, 1.0), analytic=lambda t, y: y)
+    with pytest.raises(TypeError, match=r"f must be callable as f\(x\)"):
+        IntegralProblem(lambda x, y: x, (0.0, 1.0))
+    # What binds is accepted: defaults, *args, keyword-only extras, builtins without a signature.
+    ODEProblem(lambda t, y, k=2.0: -k * y, y0, (0.0, 1.0))
+    ODEProblem(lambda *args: -args[1], y0, (0.0, 1.0))
+    ODEProblem(lambda t, y, *, k=1.0: -k * y, y0, (0.0, 1.0))
+    ODEProblem(torch.nn.Bilinear(2, 2, 2).double(), y0, (0.0, 1.0))
+
