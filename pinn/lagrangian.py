@@ -197,6 +197,8 @@ class LagrangianPINN(_PINNBase):
         n_lagrangian: ``x0`` points per time used to interpolate back to Eulerian ``x`` (default 1024).
         jacobian_tol: characteristics count as crossed when ``min J <= jacobian_tol`` (default 0).
         weights: loss weights ``x`` (characteristics), ``u`` (state), ``bc`` (Dirichlet ends).
+        rel_l2_tol, loss_tol: as for ``pinn.PINN`` (``NOT_CONVERGED`` above them); crossed
+            characteristics (``CHARACTERISTICS_CROSSED``) are reported in preference.
 
     Dirichlet problems are accepted only where the characteristic speed vanishes at both ends
     (``f(a, t, left(t)) = f(b, t, right(t)) = 0``, e.g. Raissi's Burgers): the ends are then

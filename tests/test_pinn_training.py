@@ -17,7 +17,8 @@ def test_lpinn_beats_pinn_on_convection_beta_30():
     kw = dict(hidden=(32, 32, 32), n_x=64, n_t=32, adam_iters=300, lbfgs_iters=0, seed=0)
     lp = solve(p, LagrangianPINN(**kw), progress=False)
     ep = solve(p, PINN(**kw), progress=False)
-    assert lp.success and ep.success
+    assert lp.success
+    assert ep.retcode is ReturnCode.NOT_CONVERGED and "rel_l2_tol 0.1" in ep.message   # it judges itself
     assert lp.stats.rel_l2 < 3e-2
     assert ep.stats.rel_l2 > 0.5
     assert lp.stats.rel_l2 < 0.05 * ep.stats.rel_l2

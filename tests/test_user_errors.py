@@ -209,3 +209,28 @@ def test_item5_vector_field_arity_named_when_the_problem_is_built():
     ODEProblem(lambda t, y, *, k=1.0: -k * y, y0, (0.0, 1.0))
     ODEProblem(torch.nn.Bilinear(2, 2, 2).double(), y0, (0.0, 1.0))
 
+
+# -- item 3: a PINN judges its own answer ------------------------------------------------------------
+def test_item3_pinn_far_from_its_reference_is_not_converged():
+    """Krishnapriyan et al.'s failure case with a deliberately tiny budget: rel L2 ~ 1 used to read
+    SUCCESS."""
+    from pinn import PINN, LagrangianPINN, convection
+
+    p = convection(30.0)
+    kw = dict(hidden=(8,), n_x=16, n_t=8, adam_iters=3, lbfgs_iters=0, seed=0)
+    for alg in (PINN(**kw), LagrangianPINN(n_lagrangian=16, **kw)):
+        sol = solve(p, alg, progress=False)
+        assert sol.stats.rel_l2 > 0.1
+        assert sol.retcode is ReturnCode.NOT_CONVERGED and not sol.success
+        assert f"{sol.stats.rel_l2:.3e} > rel_l2_tol 0.1" in sol.message
+    # the same training judged against a looser threshold, or not judged, succeeds
+    loose = solve(p, PINN(rel_l2_tol=10.0, **kw), progress=False)
+    assert loose.retcode is ReturnCode.SUCCESS and loose.message == ReturnCode.SUCCESS.message
+    # a requested loss tolerance that the training did not reach
+    sol = solve(p, PINN(rel_l2_tol=None, loss_tol=1e-9, **kw), progress=False)
+    assert sol.retcode is ReturnCode.NOT_CONVERGED
+    assert f"final loss {sol.stats.final_loss:.3e} > loss_tol 1e-09" in sol.message
+    with pytest.raises(TypeError, match="rel_l2_tol must be a real number"):
+        PINN(rel_l2_tol="0.1")
+    with pytest.raises(ValueError, match="loss_tol must be finite and >= 0"):
+        PINN(loss_tol=-1.0)
