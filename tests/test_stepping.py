@@ -269,3 +269,13 @@ def test_no_import_cycles_between_solver_modules():
     for m in graph:
         if m not in state:
             visit(m, [])
+
+
+def test_half_precision_first_step_does_not_overflow():
+    """Hairer's norms of a float16 state overflowed (|f| / scale > 65504) and divided by zero; they
+    are measured in float64 now, and the solve runs in float16."""
+    p = ODEProblem(lambda t, y: -1000 * y, torch.full((3,), 30.0, dtype=torch.float16), (0.0, 0.01))
+    sol = solve(p, Tsit5(), rtol=1e-2, atol=1e-3)
+    assert sol.ys.dtype == torch.float16 and sol.success
+    exact = 30 * math.exp(-10.0)
+    assert abs(float(sol.y_final[0]) - exact) < 0.05 * 30

@@ -227,13 +227,26 @@ def initial_step(f, t0: float, y0: Tensor, f0: Tensor, direction: float, order: 
     Returns ``(|dt0|, nfe used)`` (one evaluation beyond ``f0``).
     """
     with torch.no_grad():
+        if y0.dtype in (torch.float16, torch.bfloat16):
+            # Norms of half-precision states overflow (65504) long before the state does: measure
+            # in float64, step in the state's own dtype.
+            f_low, low = f, y0.dtype
+            y0, f0 = y0.double(), f0.double()
+
+            def f(t, y):
+                return f_low(t, y.to(low)).double()
         scale = y0.abs().mul(rtol).add(atol)
         d0 = float(torch.linalg.vector_norm(y0 / scale)) / math.sqrt(y0.numel())
         d1 = float(torch.linalg.vector_norm(f0 / scale)) / math.sqrt(y0.numel())
         h0 = 1e-6 if (d0 < 1e-5 or d1 < 1e-5) else 0.01 * d0 / d1
+        if not (math.isfinite(h0) and h0 > 0):
+            # f(t0, y0) overflowed the state's dtype: no step size to propose (the loop ends UNSTABLE).
+            return math.nan, 0
         y1 = y0 + (direction * h0) * f0
         f1 = f(time_tensor(t0 + direction * h0, y0.device), y1)
         d2 = float(torch.linalg.vector_norm((f1 - f0) / scale)) / math.sqrt(y0.numel()) / h0
         dmax = max(d1, d2)
+        if not math.isfinite(dmax):
+            return math.nan, 1
         h1 = max(1e-6, h0 * 1e-3) if dmax <= 1e-15 else (0.01 / dmax) ** (1.0 / (order + 1))
     return min(100 * h0, h1), 1
