@@ -1,25 +1,25 @@
 """Probabilistic forecasting of irregularly sampled series with missing values by (stable) neural SDEs.
 
-The classifiers of :mod:`nde.stable_sde` (Oh, Lim, Kim, "Stable Neural Stochastic Differential
+The classifiers of ``nde.stable_sde`` (Oh, Lim, Kim, "Stable Neural Stochastic Differential
 Equations in Analyzing Irregular Time Series Data", ICLR 2024) read a latent state ``z(t)`` driven by a
 controlled path ``X(t)`` of the observations. Here the same latent dynamics forecast:
 
 **Task.** A series observed at times ``t_1 < ... < t_L`` with values ``x (L, C)`` is cut at
 ``L_in = L - H``. The *input window* is the first ``L_in`` points with the paper's missingness applied
-(per sample and channel ``int(L_in * rate)`` points set to NaN, :func:`nde.datasets.drop_points`);
+(per sample and channel ``int(L_in * rate)`` points set to NaN, ``nde.datasets.drop_points``);
 the *targets* are the last ``H`` values, complete. Inputs and targets are standardised per channel
-with the mean and standard deviation of the observed training inputs (:func:`forecast_task`).
+with the mean and standard deviation of the observed training inputs (``forecast_task``).
 
-**Model** (:class:`Forecaster`). An encoder built by :func:`nde.stable_sde.build_model` runs its own
+**Model** (``Forecaster``). An encoder built by ``nde.stable_sde.build_model`` runs its own
 dynamics over the input window to the latent state at ``T_in = t_{L_in}``. Then
 
 * the four SDE encoders (``lsde``, ``lnsde``, ``gsde``, ``neural_sde``) continue the *same* SDE (same
   drift and diffusion networks) from ``T_in`` through the target times with the control path frozen at
-  its last value, ``X(t) = X(T_in)`` for ``t >= T_in`` (:class:`FrozenPath`): no information arrives
+  its last value, ``X(t) = X(T_in)`` for ``t >= T_in`` (``FrozenPath``): no information arrives
   after ``T_in``, and the spline is not extrapolated. The class structure therefore holds over the
   horizon: the LSDE drift ``gamma(z, E X(T_in))`` becomes autonomous, the LNSDE noise stays linear in
   ``z``, and the GSDE solution ``z(T_in) exp(int (gamma - sigma^2/2) ds + int sigma dW)`` keeps the sign
-  of every coordinate. One solve covers input and horizon, through :func:`solvers.solve` with the
+  of every coordinate. One solve covers input and horizon, through ``solvers.solve`` with the
   encoder's own solver (Euler-Maruyama, one step per observation or target interval, by default);
 * the Neural CDE ``dz = f(z) dX`` sees ``dX/dt = 0`` after ``T_in``, so its latent stays at ``z(T_in)``;
   GRU-dt receives no new input, so its hidden state stays at its last value.
@@ -28,13 +28,13 @@ Every model is decoded the same way, ``x_hat(t) = D([z(t), phi(tau)])`` with ``t
 ``phi(tau) = [s, sqrt(s)]``, ``s = tau / (T_in - t_1)`` and ``D`` a small MLP: the models differ only in
 their latent dynamics.
 
-**Training** (:func:`fit_forecaster`): the mean squared error of a one-sample forecast (a fresh Brownian
-path per step, seeded by :func:`nde.training.step_seed`) on the standardised targets, Adam, early
+**Training** (``fit_forecaster``): the mean squared error of a one-sample forecast (a fresh Brownian
+path per step, seeded by ``nde.training.step_seed``) on the standardised targets, Adam, early
 stopping on the validation MSE of the mean forecast, checkpoints with exact resume. ``loss="crps"``
 trains on the two-sample CRPS instead (a proper scoring rule, which rewards a calibrated spread rather
 than shrinking it).
 
-**Metrics** (:func:`forecast_metrics`), averaged over every target point: MSE and MAE of the mean of
+**Metrics** (``forecast_metrics``), averaged over every target point: MSE and MAE of the mean of
 ``K`` sample paths, the ensemble CRPS in its unbiased ("fair") form (Ferro 2014; Zamo & Naveau 2018)
 
     CRPS = 1/K sum_i |X_i - y| - 1/(2 K (K - 1)) sum_{i != j} |X_i - X_j|,
@@ -44,7 +44,7 @@ of the central interval between the empirical ``(1 - level)/2`` and ``(1 + level
 A deterministic forecast (``K = 1`` or all samples equal) has ``CRPS = MAE``.
 
 **Baselines without learning**: the last observed input value per channel
-(:func:`last_value_forecast`) and the training mean (zero after standardisation).
+(``last_value_forecast``) and the training mean (zero after standardisation).
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ __all__ = ["FrozenPath", "Forecaster", "ForecastData", "ForecastSplits", "Foreca
 
 #: Encoders whose latent state is an SDE (forecasts differ between Brownian samples).
 SDE_ENCODERS = ("lsde", "lnsde", "gsde", "neural_sde")
-#: Every encoder :class:`Forecaster` accepts.
+#: Every encoder ``Forecaster`` accepts.
 ENCODERS = (*SDE_ENCODERS, "neural_cde", "gru_dt")
 
 
@@ -126,7 +126,7 @@ def _check_samples(samples: int) -> int:
 
 # ----------------------------------------------------------------------------------------------
 class FrozenPath:
-    """A :class:`~nde.paths.ControlPath` held at its last value after ``T_in``.
+    """A ``ControlPath`` held at its last value after ``T_in``.
 
     ``X_frozen(t) = X(min(t, T_in))`` and ``dX_frozen/dt = 0`` for ``t >= T_in`` (the right derivative,
     ControlPath's convention at knots). Its ``times`` are the input times followed by the target times,
@@ -196,7 +196,7 @@ class Forecaster(nn.Module):
     """Latent-dynamics forecaster: encoder ``build_model(name, ...)``, continuation, shared decoder.
 
     Args:
-        name: one of :data:`ENCODERS` (``lsde``, ``lnsde``, ``gsde``, ``neural_sde``, ``neural_cde``,
+        name: one of ``ENCODERS`` (``lsde``, ``lnsde``, ``gsde``, ``neural_sde``, ``neural_cde``,
             ``gru_dt``).
         input_channels: channels ``C`` of the series (time not included).
         hidden_dim, width, layers: the encoder's latent size and vector-field MLPs.
@@ -458,7 +458,7 @@ def forecast_task(data: TimeSeriesDataset, horizon: int, missing_rate: float = 0
     """Cut every series at ``L_in = L - horizon``, drop inputs, split and standardise.
 
     1. inputs ``x[:, :L_in]`` lose ``int(L_in * missing_rate)`` points per sample and channel
-       (:func:`nde.datasets.drop_points`, seed ``seed``); targets ``x[:, L_in:]`` stay complete;
+       (``nde.datasets.drop_points``, seed ``seed``); targets ``x[:, L_in:]`` stay complete;
     2. stratified (on the labels; random for one class) 70/15/15 split with seed ``seed``;
     3. per channel, mean and standard deviation of the observed *training inputs*, applied to inputs and
        targets of every split (no test information enters).
@@ -514,7 +514,7 @@ def noisy_sines(n: int = 200, length: int = 40, channels: int = 2, noise: float 
 # Training
 @dataclass
 class ForecastConfig(TrainConfig):
-    """Settings of :func:`fit_forecaster` (the fields of :class:`nde.training.TrainConfig`, plus):
+    """Settings of ``fit_forecaster`` (the fields of ``nde.training.TrainConfig``, plus):
 
     ``loss``: ``"mse"`` (one-sample squared error, the default) or ``"crps"`` (two-sample fair CRPS);
     ``val_samples``: sample paths of the validation forecasts used for early stopping;
@@ -522,7 +522,7 @@ class ForecastConfig(TrainConfig):
     ``None`` (default) follows ``loss``, so a CRPS-trained model is selected by its CRPS;
     ``grad_clip``: max gradient norm (``None``: no clipping);
     ``on_nonfinite``: what a non-finite loss or gradient, or a solve that blows up, does: ``"raise"``
-    (``FloatingPointError``, as :func:`nde.training.fit`) or ``"stop"`` (end training there, keep the
+    (``FloatingPointError``, as ``nde.training.fit``) or ``"stop"`` (end training there, keep the
     best-validation parameters so far, and mark the result ``diverged``; the benchmark's choice, so one
     diverging run does not end a grid and is reported as such).
     """
@@ -618,7 +618,7 @@ def evaluate_forecaster(model: Forecaster, data: ForecastData, samples: int = 16
                         batch_size: int = 256, level: float = 0.9) -> dict[str, float]:
     """MSE / MAE of the mean of ``samples`` forecasts, CRPS and coverage on ``data`` (seeded, repeatable).
 
-    Units are those of ``data`` (standardised for :func:`forecast_task`). Deterministic encoders are
+    Units are those of ``data`` (standardised for ``forecast_task``). Deterministic encoders are
     solved once (their ``samples`` copies are equal).
     """
     check_targets(data.y)
@@ -652,7 +652,7 @@ def fit_forecaster(model: Forecaster, train: ForecastData, val: ForecastData,
     (or CRPS: ``config.select``, by default the training loss's metric).
 
     The model returned holds the best-validation parameters. The Brownian seed of step ``b`` of epoch
-    ``e`` is :func:`nde.training.step_seed` ``(seed, e, b)`` and the shuffling generator is saved, so a run
+    ``e`` is ``nde.training.step_seed`` ``(seed, e, b)`` and the shuffling generator is saved, so a run
     resumed from its checkpoint (written atomically after every epoch) ends bit-identical to an
     uninterrupted one (same device and thread count).
     """
@@ -678,7 +678,7 @@ def fit_forecaster(model: Forecaster, train: ForecastData, val: ForecastData,
     n_batches = (n + cfg.batch_size - 1) // cfg.batch_size
     end_epoch = cfg.epochs if cfg.max_epochs_this_call is None else min(
         cfg.epochs, start_epoch + cfg.max_epochs_this_call)
-    bar = tqdm(range(start_epoch, end_epoch), desc=desc, disable=not cfg.progress, leave=False)
+    bar = tqdm(range(start_epoch, end_epoch), desc=desc, disable=None if cfg.progress else True, leave=False)
 
     def save(epoch: int) -> None:
         if cfg.checkpoint:

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 
 class SeriesData(Protocol):
-    """Anything with ``times (L,)``, ``x (N, L, C)``, ``y (N,)`` (:class:`nde.datasets.TimeSeriesDataset`)."""
+    """Anything with ``times (L,)``, ``x (N, L, C)``, ``y (N,)`` (``nde.datasets.TimeSeriesDataset``)."""
 
     times: Tensor
     x: Tensor
@@ -35,7 +35,7 @@ class SeriesData(Protocol):
 
 @dataclass
 class TrainConfig:
-    """Settings of :func:`fit`. ``patience``: epochs in which neither the validation accuracy nor the
+    """Settings of ``fit``. ``patience``: epochs in which neither the validation accuracy nor the
     validation loss beat its best so far, before stopping (``None``: never stop early); the kept
     parameters are those of the best validation accuracy (ties: lower loss). Counting the loss too
     keeps a model whose validation loss still falls while its accuracy lags behind epoch 0's from
@@ -174,7 +174,7 @@ def fit(model: nn.Module, train: SeriesData, val: SeriesData, config: TrainConfi
     end_epoch = cfg.epochs
     if cfg.max_epochs_this_call is not None:
         end_epoch = min(cfg.epochs, start_epoch + cfg.max_epochs_this_call)
-    bar = tqdm(range(start_epoch, end_epoch), desc=desc, disable=not cfg.progress, leave=False)
+    bar = tqdm(range(start_epoch, end_epoch), desc=desc, disable=None if cfg.progress else True, leave=False)
     for epoch in bar:
         t0 = time.perf_counter()
         model.train()

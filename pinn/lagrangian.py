@@ -112,7 +112,7 @@ class LagrangianNet(nn.Module):
 
 
 class LagrangianSolution(PINNSolution):
-    """Solution of a :class:`LagrangianPINN`: ``u(x, t)`` by interpolation from the characteristics.
+    """Solution of a ``LagrangianPINN``: ``u(x, t)`` by interpolation from the characteristics.
 
     Extra: ``characteristics(x0, t) -> (x, u)`` (the two branches), ``jacobian(x0, t)``; ``stats``
     also holds ``min_jacobian`` (over ``n_lagrangian`` x0 points and the evaluation times).
@@ -190,7 +190,7 @@ class LagrangianSolution(PINNSolution):
 
 
 class LagrangianPINN(_PINNBase):
-    """Two-branch Lagrangian PINN (Mojgani et al. 2023). Same settings as :class:`pinn.PINN`, plus:
+    """Two-branch Lagrangian PINN (Mojgani et al. 2023). Same settings as ``pinn.PINN``, plus:
 
     Args:
         form: ``"division_free"`` (default) or ``"chain_rule"`` for the Lagrangian ``u_xx`` residual.

@@ -4,7 +4,7 @@ A PINN (Raissi, Perdikaris, Karniadakis, J. Comput. Phys. 378, 2019) represents 
 and minimises the mean square of the PDE residual ``u_t + f u_x - g u_xx - s`` at collocation points
 (autograd derivatives), plus initial and boundary misfits unless these hold by construction:
 
-* exact periodicity: the network sees ``(cos k x, sin k x, t)`` (:class:`pinn.networks.SpaceTimeEmbedding`);
+* exact periodicity: the network sees ``(cos k x, sin k x, t)`` (``pinn.networks.SpaceTimeEmbedding``);
 * hard initial condition: ``u = u0(x) + (t - t0) N(x, t)``;
 * causal weighting (Wang, Sankaran, Perdikaris, "Respecting causality is all you need", CMAME 2024,
   eq. 2.11): the residual loss of time slab ``i`` is weighted by ``exp(-eps sum_{k<i} L_k)`` (no gradient
@@ -140,7 +140,7 @@ class PINNSolution(RetcodeResult):
 
 
 class _PINNBase(Algorithm):
-    """Settings shared by :class:`PINN` and :class:`pinn.LagrangianPINN`."""
+    """Settings shared by ``PINN`` and ``pinn.LagrangianPINN``."""
 
     problem_types: ClassVar[tuple[type, ...]] = (PDEProblem,)
     solution_type: ClassVar[type] = PINNSolution

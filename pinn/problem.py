@@ -4,9 +4,9 @@ One spatial dimension, ``x`` in ``[a, b]`` (periodic or with Dirichlet boundary 
 ``[t0, t1]``, initial data ``w(x, t0) = u0(x)``. ``f`` is the advection speed (convection: ``beta``;
 Burgers: ``w``), ``g`` the diffusivity (``nu``), ``s`` a forcing term (manufactured solutions).
 
-The constructors :func:`convection`, :func:`convection_diffusion`, :func:`burgers`,
-:func:`burgers_raissi`, :func:`burgers_moving_shock` and :func:`manufactured` attach an exact or
-reference solution (see :mod:`pinn.reference`), the cases of Mojgani, Balajewicz and Hassanzadeh,
+The constructors ``convection``, ``convection_diffusion``, ``burgers``,
+``burgers_raissi``, ``burgers_moving_shock`` and ``manufactured`` attach an exact or
+reference solution (see ``pinn.reference``), the cases of Mojgani, Balajewicz and Hassanzadeh,
 "Lagrangian PINNs" (arXiv 2205.02902) and Krishnapriyan et al. (NeurIPS 2021).
 """
 
@@ -364,8 +364,8 @@ def manufactured(u: sp.Expr, flux: sp.Expr, diffusion: sp.Expr | float = 0,
     """A manufactured solution: pick ``u(x, t)``, ``f(x, t, w)``, ``g(x, t, w)``; SymPy derives the forcing.
 
     ``s(x, t, w) = u_t + f(x, t, u) u_x - g(x, t, u) u_xx`` evaluated on the chosen ``u`` (a function
-    of ``x, t`` only), so ``u`` solves the forced problem exactly. ``x, t, w`` are :data:`X`, :data:`T`,
-    :data:`W` (``sympy.Symbol('x', real=True)`` etc.).
+    of ``x, t`` only), so ``u`` solves the forced problem exactly. ``x, t, w`` are ``X``, ``T``,
+    ``W`` (``sympy.Symbol('x', real=True)`` etc.).
     """
     g = sp.sympify(diffusion)
     fu, gu = flux.subs(W, u), g.subs(W, u)

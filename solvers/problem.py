@@ -127,7 +127,7 @@ class LinearProblem:
         nullspace: for a singular (semi-definite) ``A``, an ``(n, k)`` tensor whose columns span
             its null space (e.g. the constants of a pure-Neumann Poisson system); solvers keep the
             iterates orthogonal to it. ``b`` must then be consistent (orthogonal to it).
-        grid: optional structure of the unknowns (e.g. a :class:`solvers.linear.PoissonGrid`),
+        grid: optional structure of the unknowns (e.g. a ``solvers.linear.PoissonGrid``),
             used by solvers that read the geometry (the DCDM network).
         name: optional label used in tables and plots.
     """

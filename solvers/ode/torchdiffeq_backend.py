@@ -2,7 +2,7 @@
 
 ``solve(problem, TorchDiffEq("dopri5", adjoint=True), rtol=..., atol=..., saveat=ts)`` runs
 ``torchdiffeq.odeint`` (or ``odeint_adjoint``, which is how adjoint sensitivities enter the
-interface) and returns the same :class:`~solvers.solution.Solution` type. torchdiffeq reports no
+interface) and returns the same ``Solution`` type. torchdiffeq reports no
 statistics, so ``f`` is wrapped to count evaluations: ``stats.nfe`` counts the forward solve, and
 ``stats.nfe_counter.backward`` keeps counting the evaluations made by a later backward pass.
 ``stats.naccept``/``stats.nreject`` come from torchdiffeq's step callbacks (``callback_accept_step``/

@@ -1,6 +1,6 @@
 """The one step loop, for ODE and SDE methods alike.
 
-An :class:`Integrator` drives any stepper (:mod:`solvers.stepping.protocol`): ``integ.step()``
+An ``Integrator`` drives any stepper (``solvers.stepping.protocol``): ``integ.step()``
 advances by one accepted step (retrying rejected attempts) and returns ``False`` once the
 integration is over; ``integ.t``, ``integ.y``, ``integ.dt`` say where it stands;
 ``integ.solution()`` gives the result so far and ``integ.run()`` steps to the end. ``solve`` is
