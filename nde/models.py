@@ -47,6 +47,7 @@ from solvers import (
     solve,
 )
 from solvers.algorithm import Algorithm
+from solvers.checks import check_tolerance
 from solvers.ode.runge_kutta import ExplicitRungeKutta
 from solvers.problem import SDEProblem
 from solvers.sde import LambaEM, SDEAlgorithm
@@ -106,7 +107,11 @@ def _times(ts: Any, default: tuple[float, float]) -> Tensor:
 def _tolerances(kind: str, rtol: float | None, atol: float | None) -> tuple[float, float]:
     """The model's tolerances: the given ones, else ``DEFAULT_TOLERANCES[kind]``."""
     d_rtol, d_atol = DEFAULT_TOLERANCES[kind]
-    return float(d_rtol if rtol is None else rtol), float(d_atol if atol is None else atol)
+    rtol = check_tolerance("rtol", d_rtol if rtol is None else rtol)
+    atol = check_tolerance("atol", d_atol if atol is None else atol)
+    if rtol == 0 and atol == 0:
+        raise ValueError("rtol and atol cannot both be zero")
+    return rtol, atol
 
 class _Counter:
     """Vector-field evaluations, split by phase (forward solve / regulariser / backward)."""

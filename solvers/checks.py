@@ -177,11 +177,14 @@ def step_options(options: Mapping[str, Any], rtol: float, atol: float) -> StepOp
     atol = check_tolerance("atol", options.get("atol", atol))
     if rtol == 0 and atol == 0:
         raise ValueError("rtol and atol cannot both be zero")
-    max_steps = int(options.get("max_steps", 100_000))
+    max_steps = options.get("max_steps", 100_000)
+    if isinstance(max_steps, bool) or not isinstance(max_steps, numbers.Integral):
+        raise TypeError(f"max_steps must be an int, got {type(max_steps).__name__} {max_steps!r}")
+    max_steps = int(max_steps)
     if max_steps < 1:
         raise ValueError(f"max_steps must be >= 1, got {max_steps}")
     dtmin = check_tolerance("dtmin", options.get("dtmin", 0.0))
-    dtmax = float(options.get("dtmax", math.inf))
+    dtmax = check_real("dtmax", options.get("dtmax", math.inf))
     if not dtmax > 0:
         raise ValueError(f"dtmax must be > 0, got {dtmax}")
     return StepOptions(rtol, atol, bool(options.get("trace", False)), bool(options.get("throw", True)),
@@ -214,7 +217,7 @@ def fixed_step(options: Mapping[str, Any], adaptive: bool, method: str) -> float
         if not adaptive:
             raise ValueError(f"{method} has no error estimator: pass a fixed step dt=")
         return None
-    dt = float(dt)
+    dt = check_real("dt", dt)
     if not (math.isfinite(dt) and dt > 0):
         raise ValueError(f"dt must be a finite positive step size, got {options['dt']!r}")
     if options.get("controller") is not None:

@@ -191,25 +191,20 @@ def _ode_bad_fields_and_states(method, field, y0):
     assert sol is None or sol.retcode is not ReturnCode.SUCCESS, (field, y0)
 
 
-# Found by this module (files owned by others; strict xfails flip when fixed):
-@pytest.mark.xfail(strict=True, reason="solvers/checks.py fixed_step converts dt with float(): dt='0.1' "
-                                       "(a string) is accepted; rtol='1e-6' is refused (issue 16 item 5)")
+# Found by this module, then fixed: dt='0.1' and max_steps='10' were converted silently, and NeuralODE
+# checked its tolerances only at the first forward.
 def test_string_dt_is_refused():
     prob = ODEProblem(lambda t, y: -y, torch.ones(2, dtype=torch.float64), (0.0, 1.0))
     with pytest.raises(TypeError):
         solve(prob, Euler(), dt="0.1")
 
 
-@pytest.mark.xfail(strict=True, reason="solvers/stepping/loop.py accepts max_steps='10' (a string) and the "
-                                       "solve succeeds; max_steps=1.5 and 0 are refused")
 def test_string_max_steps_is_refused():
     prob = ODEProblem(lambda t, y: -y, torch.ones(2, dtype=torch.float64), (0.0, 1.0))
     with pytest.raises((TypeError, ValueError)):
         solve(prob, Tsit5(), max_steps="10")
 
 
-@pytest.mark.xfail(strict=True, reason="nde.NeuralODE checks rtol/atol only at the first forward (inside "
-                                       "solve), not when the model is built")
 def test_neural_ode_refuses_a_negative_tolerance_when_built():
     from nde import NeuralODE
 
@@ -315,7 +310,7 @@ def _neural_ode_constructor(rtol, tspan):
     try:
         out = model(torch.ones(3, 2))
     except CLEAN:
-        return  # refused at the first call, before any step (see the xfail below)
+        return  # refused at the first call, before any step
     assert torch.isfinite(out).all()
 
 
