@@ -61,8 +61,8 @@ class Verner65(ExplicitRungeKutta):
     those of the embedded 5th-order weights (7.0e-4), where Dopri5 has 0.5x, Vern7 0.045x and Vern6
     0.001x. The estimate therefore says little about the error of the solution carried forward, and
     on DETEST the error at t = 20 exceeds the tolerance by a median 40x (class B) to 800x (class D),
-    more than Dopri5 at the same NFE (``benchmarks/detest.py``). Prefer :class:`Vern6` or
-    :class:`Vern7`; Verner65 is kept for comparison with DVERK.
+    more than Dopri5 at the same NFE (``benchmarks/detest.py``). Prefer ``Vern6`` or
+    ``Vern7``; Verner65 is kept for comparison with DVERK.
     """
 
     tableau = _VERN6

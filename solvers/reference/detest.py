@@ -30,9 +30,9 @@ E4     y'' = 0.032 - 0.4 y'^2, (30, 0)                                   exact (
 E5     y'' = sqrt(1 + y'^2) / (25 - t), (0, 0)                           DOP853
 =====  ================================================================  ======================
 
-:func:`detest_problems` returns them as :class:`~solvers.problem.ODEProblem` (float64 states of
+``detest_problems`` returns them as ``ODEProblem`` (float64 states of
 shape ``(d,)``; vector fields also accept a batch ``(*batch, d)``); those with a closed form carry
-it as ``analytic``. :func:`reference_end_value` gives ``y(20)``: the exact value where known,
+it as ``analytic``. ``reference_end_value`` gives ``y(20)``: the exact value where known,
 otherwise scipy's DOP853 at ``rtol = atol = 1e-13`` computed at run time (nothing is downloaded).
 """
 
