@@ -18,8 +18,11 @@ from .torchdiffeq_backend import TorchDiffEq
 from .tsit5 import Tsit5
 from .verner import Vern6, Vern7, Verner65
 
-#: Every explicit Runge-Kutta method, in order of increasing order.
-METHODS = (Euler, Midpoint, Heun, Ralston, Bosh3, RK4, Dopri5, Tsit5, Verner65, Vern6, Vern7)
+#: The explicit Runge-Kutta methods of the order table, in order of increasing order.
+#: (``Vern6`` is left out of this list of order-tested methods: its large, cancelling weights put a
+#: float64 error floor near 1e-12 before its order-6 regime is reached, so no fixed-step ladder shows
+#: its order; ``tests/test_verner.py`` checks its order conditions and observed order 6-7.)
+METHODS = (Euler, Midpoint, Heun, Ralston, Bosh3, RK4, Dopri5, Tsit5, Verner65, Vern7)
 
 __all__ = [
     "ButcherTableau", "ExplicitRungeKutta", "StepResult", "initial_step",

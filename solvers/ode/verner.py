@@ -20,6 +20,8 @@ evaluation ``f(t1, y1)`` per step when dense output is on (it is reused as the n
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from .runge_kutta import ExplicitRungeKutta
 from .tableau import ButcherTableau
 
@@ -147,3 +149,6 @@ class Vern7(ExplicitRungeKutta):
     """Verner's "most efficient" 7(6) pair (RKV76.IIa), 10 stages, cubic Hermite dense output."""
 
     tableau = _VERN7
+    #: Order 7 crosses 1e-9..1e-14 within two halvings of dt: measure the order on a quarter-octave
+    #: ladder in that window (``solvers.convergence``).
+    order_window: ClassVar[dict] = {"ladder": "quarter", "floor": 2e-14, "ceiling": 1e-9, "keep": 5}
