@@ -51,7 +51,7 @@ from solvers.checks import check_tolerance
 from solvers.ode.runge_kutta import ExplicitRungeKutta
 from solvers.problem import SDEProblem
 from solvers.sde import LambaEM, SDEAlgorithm
-from solvers.stepping.controllers import DEFAULT_TOLERANCES, ControllerState, IController, initial_step
+from solvers.stepping.controllers import ControllerState, IController, default_tolerances, initial_step
 
 _SENSITIVITIES = ("backprop", "adjoint")
 
@@ -106,9 +106,8 @@ def _times(ts: Any, default: tuple[float, float]) -> Tensor:
 
 def _tolerances(kind: str, rtol: float | None, atol: float | None) -> tuple[float, float]:
     """The model's tolerances: the given ones, else ``DEFAULT_TOLERANCES[kind]``."""
-    d_rtol, d_atol = DEFAULT_TOLERANCES[kind]
-    rtol = check_tolerance("rtol", d_rtol if rtol is None else rtol)
-    atol = check_tolerance("atol", d_atol if atol is None else atol)
+    rtol, atol = default_tolerances(kind, rtol, atol)
+    rtol, atol = check_tolerance("rtol", rtol), check_tolerance("atol", atol)
     if rtol == 0 and atol == 0:
         raise ValueError("rtol and atol cannot both be zero")
     return rtol, atol

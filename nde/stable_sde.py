@@ -51,7 +51,7 @@ from solvers.algorithm import Algorithm
 from solvers.ode import RK4
 from solvers.problem import SDEProblem
 from solvers.sde import EulerMaruyama, SDEAlgorithm
-from solvers.stepping import DEFAULT_TOLERANCES
+from solvers.stepping import default_tolerances
 
 from .paths import ControlPath, Interpolation, check_times
 
@@ -168,9 +168,7 @@ class _SDEClassifier(PathClassifier):
         solver = EulerMaruyama() if solver is None else solver
         if not isinstance(solver, SDEAlgorithm):
             raise TypeError(f"solver must be a solvers.sde method, got {type(solver).__name__}")
-        d_rtol, d_atol = DEFAULT_TOLERANCES["stable_sde"]
-        self.rtol = d_rtol if rtol is None else rtol
-        self.atol = d_atol if atol is None else atol
+        self.rtol, self.atol = default_tolerances("stable_sde", rtol, atol)
         self.solver, self.dt = solver, dt
         cin = self.path_channels
         self.initial = nn.Linear(cin, hidden_dim)       # z(t0) = zeta(X(t0))

@@ -16,7 +16,7 @@ from torch import Tensor
 from ..checks import check_finite
 from ..problem import ODEProblem
 from ..solution import Solution
-from ..stepping.controllers import DEFAULT_TOLERANCES, Controller, IController
+from ..stepping.controllers import Controller, IController, default_tolerances
 from ..stepping.protocol import Stepper, StepResult
 from ..stepping.times import time_tensor
 from .dense import DenseOutput
@@ -254,10 +254,9 @@ class ExplicitRungeKutta(Stepper):
         """
         if not isinstance(y, Tensor) or not y.is_floating_point():
             raise TypeError("y must be a floating-point tensor")
-        d_rtol, d_atol = DEFAULT_TOLERANCES["ode"]
         terms = ODETerms(f, self.coefficients(y.dtype, y.device))
         return self.attempt(terms, float(t), y, float(dt), None if f0 is None else f0.reshape(-1), None,
-                            d_rtol if rtol is None else rtol, d_atol if atol is None else atol)
+                            *default_tolerances("ode", rtol, atol))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

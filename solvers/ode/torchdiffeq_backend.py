@@ -29,7 +29,7 @@ from ..algorithm import Algorithm
 from ..checks import check_options, check_precision, check_tolerance
 from ..problem import ODEProblem
 from ..solution import ReturnCode, Solution, SolverError, Stats, as_time_tensor
-from ..stepping.controllers import DEFAULT_TOLERANCES
+from ..stepping.controllers import default_tolerances
 
 _OPTIONS = ("rtol", "atol", "saveat", "dt", "options", "adjoint_params", "adjoint_options", "throw")
 
@@ -155,10 +155,9 @@ class TorchDiffEq(Algorithm):
         import torchdiffeq
 
         check_options(options, _OPTIONS, f"solve with {self!r}")
-        d_rtol, d_atol = DEFAULT_TOLERANCES["ode"]
         # None means the default, as in the step loop.
-        rtol = check_tolerance("rtol", d_rtol if options.get("rtol") is None else options["rtol"])
-        atol = check_tolerance("atol", d_atol if options.get("atol") is None else options["atol"])
+        rtol, atol = default_tolerances("ode", options.get("rtol"), options.get("atol"))
+        rtol, atol = check_tolerance("rtol", rtol), check_tolerance("atol", atol)
         y0 = problem.y0
         from torchdiffeq._impl.solvers import FixedGridODESolver
 

@@ -18,11 +18,12 @@ the increment ``dW`` over a step ``h``, ``U = h (dW / 2 + H)`` where the space-t
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+
+from ..stepping.loop import step_grid
 
 
 def default_seed(seed: int | None) -> int:
@@ -152,22 +153,7 @@ class GridIncrements:
 
 
 def fixed_grid(t0: float, t1: float, dt: float, stops: Sequence[float] = ()) -> list[float]:
-    """The grid ``t0 + i dt`` (the last step shortened to land on ``t1``) merged with ``stops``."""
-    n = max(1, math.ceil((t1 - t0) / dt * (1 - 1e-10)))
-    grid = [t0 + i * dt for i in range(n)] + [t1]
-    if stops:
-        tol = 1e-9 * dt
-        inner = sorted({float(s) for s in stops if t0 < float(s) < t1})
-        merged = sorted(grid + inner)
-        # Where a stop and a grid point (nearly) coincide keep the stop's exact value, so that
-        # saved times equal the requested ones bit for bit.
-        stop_set = set(inner)
-        out = [merged[0]]
-        for s in merged[1:]:
-            if s - out[-1] > tol:
-                out.append(s)
-            elif s in stop_set or s == t1:
-                out[-1] = s
-        out[0], out[-1] = t0, t1
-        grid = out
-    return grid
+    """The grid ``t0 + i dt`` (the last step shortened to land on ``t1``) merged with ``stops``: the
+    step loop's own grid (``solvers.stepping.loop.step_grid``), so increments drawn on it match a
+    fixed-step solve's steps exactly."""
+    return step_grid(t0, t1, dt, list(stops))

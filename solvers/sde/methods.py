@@ -37,7 +37,7 @@ from torch import Tensor
 
 from ..checks import check_finite
 from ..problem import SDEProblem
-from ..stepping.controllers import DEFAULT_TOLERANCES, Controller, PIController
+from ..stepping.controllers import Controller, PIController, default_tolerances
 from ..stepping.protocol import Stepper, StepResult, nan_scalar
 from ..stepping.times import time_tensor
 from .brownian import GridIncrements, IntervalPath, default_seed
@@ -62,13 +62,6 @@ def _ratio(num: Tensor, den: Tensor) -> Tensor:
     return torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(den))
 
 
-def _nan(y: Tensor) -> Tensor:
-    return nan_scalar(y)
-
-
-def _tolerances(rtol: float | None, atol: float | None) -> tuple[float, float]:
-    d_rtol, d_atol = DEFAULT_TOLERANCES["sde"]
-    return (d_rtol if rtol is None else rtol), (d_atol if atol is None else atol)
 
 
 def _brownian_shape(problem: SDEProblem, g0: Tensor) -> tuple[int, ...]:
@@ -244,7 +237,7 @@ def _euler_maruyama(f, g, t: float, y: Tensor, h: float, dW: Tensor, noise: str,
         if g0 is None:
             g0, nge = g(tt, y), 1
     y1 = torch.add(y, f0, alpha=h) + (g0 * dW if noise == "diagonal" else g_prod(g0, dW, noise))
-    nan = _nan(y)
+    nan = nan_scalar(y)
     return StepResult(y1, nan, nan, nfe, nge, f0=f0, g0=g0)
 
 
@@ -268,7 +261,7 @@ class EulerHeun(SDEAlgorithm):
         gdw0 = g_prod(g0, dW, noise)
         g1 = g(time_tensor(t + h, y.device), y + gdw0)
         y1 = torch.add(y, f0, alpha=h) + 0.5 * (gdw0 + g_prod(g1, dW, noise))
-        return StepResult(y1, _nan(y), _nan(y), nfe, nge, f0=f0, g0=g0)
+        return StepResult(y1, nan_scalar(y), nan_scalar(y), nfe, nge, f0=f0, g0=g0)
 
 
 class Milstein(SDEAlgorithm):
@@ -316,7 +309,7 @@ class Milstein(SDEAlgorithm):
             nge += 1
         corr = dW * dW - h if sde_type == "ito" else dW * dW
         y1 = torch.add(y, f0, alpha=h) + g0 * dW + 0.5 * gg * corr
-        return StepResult(y1, _nan(y), _nan(y), nfe, nge, f0=f0, g0=g0)
+        return StepResult(y1, nan_scalar(y), nan_scalar(y), nfe, nge, f0=f0, g0=g0)
 
 
 class SRA1(SDEAlgorithm):
@@ -364,7 +357,7 @@ class SRA1(SDEAlgorithm):
         En = g_prod(g0 - gh, chi, noise)
         y1 = y + h * (f0 / 3 + 2 * k2 / 3) + g_prod(gh, dW, noise) + En
         Ed = (2 * h / 3) * (k2 - f0)
-        err = scaled_rms(self.delta * Ed.abs() + En.abs(), y, y1, *_tolerances(rtol, atol))
+        err = scaled_rms(self.delta * Ed.abs() + En.abs(), y, y1, *default_tolerances("sde", rtol, atol))
         stiff = _ratio(torch.linalg.vector_norm(k2 - f0), torch.linalg.vector_norm(H2 - y))
         stiff = stiff / self.stability_size
         return StepResult(y1, err, stiff, nfe, nge, f0=f0, g0=g0, g1=gh)
@@ -401,7 +394,7 @@ class LambaEM(SDEAlgorithm):
         f1, g1 = f(t1, y1), g(t1, y1)
         Ed = (0.5 * h) * (f1 - f0)
         En = 0.5 * g_prod(g1 - g0, dW, noise)
-        err = scaled_rms(self.delta * Ed.abs() + En.abs(), y, y1, *_tolerances(rtol, atol))
+        err = scaled_rms(self.delta * Ed.abs() + En.abs(), y, y1, *default_tolerances("sde", rtol, atol))
         stiff = _ratio(torch.linalg.vector_norm(f1 - f0), torch.linalg.vector_norm(y1 - y))
         stiff = stiff / self.stability_size
         return StepResult(y1, err, stiff, nfe, nge, f0=f0, g0=g0, f1=f1, g1=g1)

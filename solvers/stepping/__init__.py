@@ -15,6 +15,7 @@ from .controllers import (
     IController,
     PIController,
     PIDController,
+    default_tolerances,
     initial_step,
 )
 from .loop import LOOP_OPTIONS, Integrator, step_grid
@@ -23,5 +24,5 @@ from .times import time_tensor
 
 __all__ = ["Stepper", "StepResult", "Integrator", "LOOP_OPTIONS", "step_grid", "Controller",
            "ControllerState", "ConstantStepSize", "IController", "PIController", "PIDController",
-           "DEFAULT_TOLERANCES",
+           "DEFAULT_TOLERANCES", "default_tolerances",
            "initial_step", "time_tensor"]

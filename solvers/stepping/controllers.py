@@ -64,6 +64,13 @@ DEFAULT_TOLERANCES: dict[str, tuple[float, float]] = {
 """
 
 
+def default_tolerances(kind: str, rtol: float | None = None,
+                       atol: float | None = None) -> tuple[float, float]:
+    """``(rtol, atol)``: the given values, ``DEFAULT_TOLERANCES[kind]`` where ``None``."""
+    d_rtol, d_atol = DEFAULT_TOLERANCES[kind]
+    return (d_rtol if rtol is None else rtol), (d_atol if atol is None else atol)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Controller:
     """Base class: ``adapt(state, dt, error, k) -> (accept, dt_next)``; ``k`` = embedded order + 1.
@@ -82,9 +89,8 @@ class Controller:
     def tolerances(self, options: dict, kind: str) -> tuple[float, float]:
         """``(rtol, atol)`` for one solve: ``solve``'s options, else the controller's own, else the
         defaults of ``kind``. Validation of the values is the caller's (``checks.step_options``)."""
-        d_rtol, d_atol = DEFAULT_TOLERANCES[kind]
         out = []
-        for name, default in (("rtol", d_rtol), ("atol", d_atol)):
+        for name, default in zip(("rtol", "atol"), DEFAULT_TOLERANCES[kind]):
             mine, given = getattr(self, name), options.get(name)
             if mine is not None and given is not None:
                 raise ValueError(f"{name} was passed both to solve ({given!r}) and to the controller "

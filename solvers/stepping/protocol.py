@@ -35,7 +35,7 @@ from torch import Tensor
 
 from ..algorithm import Algorithm
 from ..solution import Solution
-from .controllers import DEFAULT_TOLERANCES, Controller, IController, PIController
+from .controllers import Controller, IController, PIController
 from .loop import Integrator
 
 
@@ -113,9 +113,6 @@ class Stepper(Algorithm):
     def initial_step_order(self) -> int:
         """The order used by Hairer's starting-step heuristic."""
         return 1
-
-    def default_tolerances(self) -> tuple[float, float]:
-        return DEFAULT_TOLERANCES[self.kind]
 
     def default_controller(self) -> Controller:
         return IController()
