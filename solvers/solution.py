@@ -29,6 +29,7 @@ class ReturnCode(enum.Enum):
     CHARACTERISTICS_CROSSED = "characteristics_crossed"
     TERMINATED = "terminated"
     EVENT = "event"
+    SINGULAR = "singular"
 
     @property
     def message(self) -> str:
@@ -52,6 +53,7 @@ _MESSAGES = {
     ReturnCode.CHARACTERISTICS_CROSSED: "Characteristics crossed (the Lagrangian map lost monotonicity).",
     ReturnCode.TERMINATED: "The solve was stopped by the caller.",
     ReturnCode.EVENT: "A terminal event stopped the solve (sol.events holds where).",
+    ReturnCode.SINGULAR: "A linear system of the method (the iteration matrix I - gamma dt J) was singular.",
 }
 
 
@@ -135,6 +137,10 @@ class StepTrace:
             divided by the method's real stability-interval length ``stability_size`` (units 1/time).
             ``stiffness_estimate * |dt| > 1`` means the step was limited by stability, not accuracy.
         stability_size: the method's stability-interval length on the negative real axis.
+        reason: per attempt, why the method itself rejected it (e.g. ``"Newton diverged"``), ``""``
+            when the error estimate decided; ``None`` when not recorded.
+        method: per attempt, which sub-method took it (composite methods such as ``AutoSwitch``),
+            else ``None``.
     """
 
     t: Tensor
@@ -143,6 +149,8 @@ class StepTrace:
     error_estimate: Tensor
     stiffness_estimate: Tensor
     stability_size: float
+    reason: list[str] | None = None
+    method: list[str] | None = None
 
     def __len__(self) -> int:
         return int(self.t.shape[0])
@@ -155,8 +163,11 @@ class StepTrace:
     def accepted_only(self) -> StepTrace:
         """The trace restricted to accepted steps."""
         m = self.accepted
+        keep = [i for i, a in enumerate(m.tolist()) if a]
         return StepTrace(self.t[m], self.dt[m], self.accepted[m], self.error_estimate[m],
-                         self.stiffness_estimate[m], self.stability_size)
+                         self.stiffness_estimate[m], self.stability_size,
+                         None if self.reason is None else [self.reason[i] for i in keep],
+                         None if self.method is None else [self.method[i] for i in keep])
 
 
 class Solution(RetcodeResult):

@@ -29,10 +29,18 @@ class DenseOutput:
         self.dt: list[float] = []
         self.y0: list[Tensor] = []
         self.k: list[Tensor] = []
+        #: Per-step weight polynomials where a step's differ from ``poly`` (composite methods).
+        self.polys: dict[int, Tensor] = {}
         #: Where the covered span ends when a terminal event cut the last step short.
         self.end: float | None = None
 
-    def append(self, t0: float, dt: float, y0: Tensor, k: Tensor) -> None:
+    def append(self, t0: float, dt: float, y0: Tensor, k: Tensor | tuple[Tensor, Tensor]) -> None:
+        """Add one accepted step; ``k`` is its stages, or ``(poly, stages)`` when the step's weight
+        polynomials are not ``self.poly`` (a composite method's other sub-method)."""
+        if isinstance(k, tuple):
+            poly, k = k
+            if poly is not self.poly:
+                self.polys[len(self.t0)] = poly
         self.t0.append(t0)
         self.dt.append(dt)
         self.y0.append(y0)
@@ -72,6 +80,7 @@ class DenseOutput:
         out = []
         for j, i in zip(range(len(ts)), idx.tolist()):
             theta = (float(ts[j]) - self.t0[i]) / self.dt[i]
-            out.append(self.evaluate_step(self.poly, self.y0[i], self.k[i], self.dt[i], [theta])[0])
+            poly = self.polys.get(i, self.poly)
+            out.append(self.evaluate_step(poly, self.y0[i], self.k[i], self.dt[i], [theta])[0])
         ys = torch.stack(out).view(len(ts), *self.shape)
         return ys[0] if scalar else ys

@@ -77,6 +77,7 @@ class ExplicitRungeKutta(Stepper):
     kind = "ode"
     interpolates = True
     extra_options = ("dense",)
+    stiffness_hint = True
 
     def __init__(self) -> None:
         self._coeff_cache: dict[tuple[torch.dtype, torch.device], _Coefficients] = {}

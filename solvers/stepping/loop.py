@@ -27,6 +27,7 @@ from torch import Tensor
 from ..checks import check_options, check_precision, check_saveat, fixed_step, step_options
 from ..solution import ReturnCode, SolverError, Stats, StepTrace, as_time_tensor
 from .controllers import ConstantStepSize, Controller, PIController
+from .failures import StepFailure, StepRejected
 
 if TYPE_CHECKING:
     from .protocol import Stepper, StepResult
@@ -34,6 +35,12 @@ if TYPE_CHECKING:
 #: The options every stepped solve takes; methods add theirs (``Stepper.extra_options``).
 LOOP_OPTIONS = ("rtol", "atol", "dt", "dt0", "saveat", "trace", "controller", "max_steps", "dtmin",
                 "dtmax", "throw", "progress", "events")
+
+#: ``dt * |lambda| / stability_size`` above which a failed explicit solve is called stiff in its
+#: message: a step at or beyond half the method's real stability interval is limited by stability,
+#: not accuracy (Hairer & Wanner II, IV.2: Dopri5 flags stiffness at ``h |lambda| >= 3.25``, its
+#: interval's length; we say so earlier since the last step alone is the evidence).
+STIFF_HINT_RATIO = 0.5
 
 
 def step_grid(t0: float, t1: float, dt: float, stops: list[float] = ()) -> list[float]:
@@ -179,6 +186,32 @@ class Integrator:
     def _fail(self, code: ReturnCode, detail: str = "") -> None:
         self.retcode = code
         self._fail_detail = detail
+        if code in (ReturnCode.MAX_STEPS, ReturnCode.DT_MIN) and self.alg.stiffness_hint:
+            hint = self._stiffness_hint()
+            if hint:
+                self._fail_detail = f"{detail} {hint}".strip()
+
+    def _stiffness_hint(self) -> str:
+        """After ``MAX_STEPS`` / ``DT_MIN`` of an explicit ODE method: one more attempt at the last
+        step size, measuring ``dt |lambda| / stability_size``; a sentence naming the stiff methods
+        when it is at least ``STIFF_HINT_RATIO``."""
+        dt = self.dt if math.isfinite(self.dt) and self.dt != 0 else None
+        if dt is None:
+            return ""
+        try:
+            with torch.no_grad():
+                res = self.alg.attempt(self.terms, self.t, self.y.detach(), dt, None, None, self.rtol,
+                                       self.atol, need_error=False, need_stiffness=True, t_new=self.t + dt)
+            ratio = float(res.stiffness_estimate) * abs(dt)
+        except Exception:  # the hint must never mask the failure being reported
+            return ""
+        if not (math.isfinite(ratio) and ratio >= STIFF_HINT_RATIO):
+            return ""
+        lam = ratio * self.alg.stability_size / abs(dt)
+        return (f"The problem looks stiff here: at t = {self.t:.6g} the dominant eigenvalue estimate is "
+                f"|lambda| ~ {lam:.3g}, so dt |lambda| / stability size = {ratio:.2f}: the steps are limited "
+                f"by stability, not accuracy. Use a stiff method: Rodas5P(), Rosenbrock23(), Kvaerno5(), "
+                f"or AutoSwitch(Tsit5(), Rodas5P()) to switch automatically.")
 
     def _save(self, t: float, y: Tensor) -> None:
         self._ts.append(t)
@@ -226,27 +259,48 @@ class Integrator:
                         self._fail(ReturnCode.DT_MIN, f"dt fell below {floor:.3g}.")
                     break
                 t_new = stop if land else t + dt
-            res = alg.attempt(terms, t, self.y, dt, self.fv, self.gv, self.rtol, self.atol,
-                              need_error=not fixed or trace, need_stiffness=trace, t_new=t_new)
+            try:
+                res = alg.attempt(terms, t, self.y, dt, self.fv, self.gv, self.rtol, self.atol,
+                                  need_error=not fixed or trace, need_stiffness=trace, t_new=t_new)
+            except StepRejected as rej:
+                if fixed:
+                    self._fail(ReturnCode.NOT_CONVERGED, f"A fixed step failed: {rej.reason}.")
+                    break
+                self.nreject += 1
+                if trace:
+                    self._record(t, dt, False, None, rej.reason)
+                self.dt = dt * rej.dt_factor
+                continue
+            except StepFailure as fail:
+                self.dt = dt
+                self._fail(fail.retcode, fail.detail)
+                break
             self.nfe += res.nfe
             self.nge += res.nge
             if fixed:
                 accept, dt_next = True, dt
+            elif res.reason is not None:
+                accept, dt_next = False, dt * res.dt_factor
             else:
                 err = float(res.error_estimate.detach())
                 self._nonfinite = not math.isfinite(err)
                 if self._nonfinite:
                     accept, dt_next = False, dt * 0.2
                 else:
-                    accept, dt_next = self.controller.adapt(self.ctrl_state, dt, err, self.k_exp)
+                    accept, dt_next = self.controller.adapt(self.ctrl_state, dt, err,
+                                                            res.error_exponent or self.k_exp)
             if trace:
-                self._record(t, dt, accept, res)
+                self._record(t, dt, accept, res, res.reason)
             if accept:
                 self.naccept += 1
                 self._accept(t_new, dt, res)
                 if not fixed:
                     # A step clipped to land on a save time does not shrink the controller's proposal.
                     self.dt = (d * max(abs(dt_next), abs(self.dt))) if land else dt_next
+                if alg.has_accept_hook:
+                    dt_hook = alg.accepted(terms, t_new, dt, res)
+                    if dt_hook is not None and not fixed:
+                        self.dt = dt_hook
                 break
             self.nreject += 1
             self.fv, self.gv = res.f0, res.g0  # f(t, y), g(t, y) are unchanged: reuse them
@@ -255,11 +309,20 @@ class Integrator:
             self.retcode = ReturnCode.SUCCESS
         return self.retcode is None
 
-    def _record(self, t: float, dt: float, accepted: bool, res: StepResult) -> None:
+    def _record(self, t: float, dt: float, accepted: bool, res: StepResult | None,
+                reason: str | None = None) -> None:
         tr = self._trace
         tr["t"].append(t)
         tr["dt"].append(dt)
         tr["accepted"].append(accepted)
+        if reason is not None:
+            # Reasons are rare: stored sparsely by attempt index.
+            tr.setdefault("reason", {})[len(tr["t"]) - 1] = reason
+        if res is None:  # the method gave up on the attempt: no estimates
+            nan = self.y.new_full((), float("nan"))
+            tr["error"].append(nan)
+            tr["stiff"].append(nan)
+            return
         grad = torch.is_grad_enabled()
         err, st = res.error_estimate, res.stiffness_estimate
         tr["error"].append(err if grad else err.detach())
@@ -359,8 +422,11 @@ class Integrator:
                 accepted=torch.tensor(tr["accepted"], dtype=torch.bool),
                 error_estimate=torch.stack(tr["error"]) if tr["error"] else empty,
                 stiffness_estimate=torch.stack(tr["stiff"]) if tr["stiff"] else empty,
-                stability_size=self.alg.stability_size)
+                stability_size=self.alg.stability_size,
+                reason=[tr.get("reason", {}).get(i, "") for i in range(len(tr["t"]))],
+                method=self.alg.trace_methods(self.terms, len(tr["t"])))
         extra = {"nge": self.nge} if self.alg.kind == "sde" else {}
+        extra.update(self.alg.extra_stats(self.terms))
         nfe = self.nfe + (self._events.nfe if self._events is not None else 0)
         stats = Stats(nfe=nfe, naccept=self.naccept, nreject=self.nreject, extra=extra)
         ys = torch.stack(self._ys) if self._ys else self.y.new_zeros((0, *self.shape))

@@ -17,7 +17,15 @@ A *stepper* is an ``Algorithm`` that can attempt one step. The loop
   ``f0``/``g0`` (``f(t, y)``, ``g(t, y)``, or ``None``) are reused when known;
 * ``dense_piece(terms, t_new, res, need) -> (piece, nfe)`` for interpolating methods: what dense
   output needs of an accepted step;
-* ``make_solution(**fields)``: the solution object (SDE solutions carry the noise).
+* ``make_solution(**fields)``: the solution object (SDE solutions carry the noise);
+* optionally ``accepted(terms, t_new, dt, res) -> dt_next | None`` (after each accepted step: a
+  composite method switches there and may reset the step size) and ``extra_stats(terms)`` (counters
+  such as Jacobian evaluations and factorisations, merged into ``sol.stats``).
+
+An attempt that cannot produce a step says why: raising ``StepRejected(reason, dt_factor)`` rejects
+it (the loop retries with ``dt * dt_factor``; the reason goes into the trace), e.g. a Newton
+iteration that diverged; raising ``StepFailure(retcode, detail)`` ends the solve with that return
+code, e.g. a singular iteration matrix.
 
 The public one-step API of each method (``Tsit5().step(f, t, y, dt)``,
 ``EulerMaruyama().step(f, g, t, y, dt, dW)``) and the loop call the same ``attempt``: a step taken by
@@ -36,7 +44,10 @@ from torch import Tensor
 from ..algorithm import Algorithm
 from ..solution import Solution
 from .controllers import Controller, IController, PIController
+from .failures import StepFailure, StepRejected
 from .loop import Integrator
+
+__all__ = ["Stepper", "StepResult", "StepFailure", "StepRejected", "nan_scalar"]
 
 
 @dataclass
@@ -55,6 +66,11 @@ class StepResult:
             methods ``f0`` is flattened.
         f1, g1: at ``(t + dt, y1)`` when the method computed them (FSAL), else ``None``.
         dW: the Brownian increment the step used (SDEs).
+        error_exponent: the ``k`` of ``E^(-1/k)`` for this step when it differs from the method's
+            (a composite method whose sub-methods have different orders); ``None``: the method's.
+        reason: why the method itself rejects this step regardless of the error estimate (e.g. a
+            Newton iteration converging too slowly), else ``None``; ``dt_factor`` then scales
+            the retried step.
 
     Inside the loop ``error_estimate`` / ``stiffness_estimate`` are ``None`` when nothing needs them
     (fixed steps without a trace); the public ``step`` methods always compute both.
@@ -71,6 +87,9 @@ class StepResult:
     f1: Tensor | None = None
     g1: Tensor | None = None
     dW: Tensor | None = None
+    error_exponent: float | None = None
+    reason: str | None = None
+    dt_factor: float = 0.5
 
 
 _NAN_CACHE: dict[tuple[torch.dtype, torch.device], Tensor] = {}
@@ -100,6 +119,10 @@ class Stepper(Algorithm):
     pi_coefficients: ClassVar[tuple[float, float] | None] = None
     #: Options ``solve`` accepts for this method, beyond the loop's own.
     extra_options: ClassVar[tuple[str, ...]] = ()
+
+    #: Whether a failed solve (``MAX_STEPS`` / ``DT_MIN``) measures stiffness and names the stiff
+    #: methods in its message (explicit ODE methods).
+    stiffness_hint: ClassVar[bool] = False
 
     adaptive: bool = False
     stability_size: float = 2.0
@@ -152,6 +175,21 @@ class Stepper(Algorithm):
     def make_solution(self, **fields: Any) -> Solution:
         fields.pop("extras", None)
         return Solution(**fields)
+
+    #: Whether ``accepted`` is overridden (the loop skips the call otherwise).
+    has_accept_hook: ClassVar[bool] = False
+
+    def accepted(self, terms: Any, t_new: float, dt: float, res: StepResult) -> float | None:
+        """Called after each accepted step; may return the next step size (``None``: the controller's)."""
+        return None
+
+    def trace_methods(self, terms: Any, n: int) -> list[str] | None:
+        """Which sub-method took each of the ``n`` traced attempts (composite methods), else ``None``."""
+        return None
+
+    def extra_stats(self, terms: Any) -> dict[str, Any]:
+        """Method-specific counters of the solve, merged into ``sol.stats.extra``."""
+        return {}
 
     # -- solving ---------------------------------------------------------------------------------
     def init(self, problem: Any, **options: Any):
