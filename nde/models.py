@@ -52,6 +52,7 @@ from solvers.ode.runge_kutta import ExplicitRungeKutta
 from solvers.problem import SDEProblem
 from solvers.sde import LambaEM, SDEAlgorithm
 from solvers.stepping.controllers import ControllerState, IController, default_tolerances, initial_step
+from solvers.stepping.protocol import Stepper
 
 _SENSITIVITIES = ("backprop", "adjoint")
 
@@ -79,6 +80,11 @@ def adjoint_from_sensitivity(sensitivity: str, solver: Algorithm | None, sde: bo
     warnings.warn(f"sensitivity={sensitivity!r} is deprecated: pass adjoint={new}", DeprecationWarning,
                   stacklevel=3)
     return adj
+
+
+def _own_ode_method(solver: Any) -> bool:
+    """One of our ODE steppers (explicit, implicit or switching), as opposed to torchdiffeq's."""
+    return isinstance(solver, Stepper) and solver.kind == "ode"
 
 
 def _check_adjoint(adjoint: Any) -> Adjoint:
@@ -215,8 +221,9 @@ class NeuralODE(_CountsEvaluations, nn.Module):
                 raise ValueError(f"{adjoint!r} with {solver!r}: torchdiffeq's adjoint is "
                                  "adjoint=TorchDiffEqAdjoint(); our adjoints need a solvers Runge-Kutta "
                                  "method")
-            if not isinstance(solver, (ExplicitRungeKutta, TorchDiffEq)):
-                raise ValueError(f"{adjoint!r} needs a solvers Runge-Kutta method, got {solver!r}")
+            if not (isinstance(solver, TorchDiffEq) or _own_ode_method(solver)):
+                raise ValueError(f"{adjoint!r} needs a solvers ODE method (Tsit5(), Rodas5P(), Kvaerno5(), "
+                                 f"AutoSwitch() ...), got {solver!r}")
         else:
             raise ValueError(f"{adjoint!r} does not differentiate ODE solves")
         self.solver = solver
@@ -239,12 +246,12 @@ class NeuralODE(_CountsEvaluations, nn.Module):
     @property
     def differentiates_solver(self) -> bool:
         """Whether the solver's internals (the trace's error/stiffness estimates) are differentiable."""
-        return self.adjoint.differentiates_solver and isinstance(self.solver, ExplicitRungeKutta)
+        return self.adjoint.differentiates_solver and _own_ode_method(self.solver)
 
     @property
     def keeps_trace(self) -> bool:
         """Whether ``trace=True`` returns the forward solve's per-step trace."""
-        return self.adjoint.keeps_trace and isinstance(self.solver, ExplicitRungeKutta)
+        return self.adjoint.keeps_trace and _own_ode_method(self.solver)
 
     @property
     def adaptive_solver(self) -> ExplicitRungeKutta:
@@ -291,7 +298,7 @@ class NeuralODE(_CountsEvaluations, nn.Module):
             opts["dt"] = self.dt
         if saveat is not None:
             opts["saveat"] = saveat
-        if isinstance(self.solver, ExplicitRungeKutta):
+        if _own_ode_method(self.solver):
             opts["trace"] = trace
             # A dense interpolant is only differentiable with backprop (biased sampling reads it).
             opts.setdefault("dense", saveat is None and type(self.adjoint) is Backprop)

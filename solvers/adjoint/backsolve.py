@@ -87,6 +87,14 @@ class BacksolveAdjoint(Adjoint):
         check_own_method(self, problem, algorithm)
         if self.solver is not None:
             check_own_method(self, problem, self.solver)
+        backward_alg = self.solver or algorithm
+        if getattr(backward_alg, "implicit", False) or hasattr(backward_alg, "methods"):
+            # The augmented field differentiates f inside itself (autograd.grad on detached inputs),
+            # so an implicit method would get a wrong (zero) Jacobian of it: refuse, do not guess.
+            raise ValueError(f"BacksolveAdjoint cannot solve the adjoint system with {backward_alg!r}: "
+                             "implicit and switching methods need the Jacobian of the augmented "
+                             "system, which it does not provide. Use CheckpointAdjoint() (the exact "
+                             "gradient at O(sqrt(steps)) memory) or Backprop() with stiff methods.")
         params = self.parameters_of(problem)
         nothing_to_differentiate(problem, params, "BacksolveAdjoint")
         options = dict(options)

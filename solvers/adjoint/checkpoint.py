@@ -4,8 +4,8 @@ O(n_checkpoints) memory.
 The forward solve runs without an autograd graph and keeps the state at (at most) ``n_checkpoints``
 accepted steps, plus the accepted ``(t_j, dt_j)`` of every step. The backward pass walks the
 segments between checkpoints from the last to the first: it replays the segment's accepted steps
-with the method's one-step API ``algorithm.step(f, t_j, y_j, dt_j)`` (the same code the step loop
-runs) and the method's dense output at the save times inside it, this time with a graph, and
+through the stepper protocol (``algorithm.attempt``, the very call the step loop makes) and the
+method's dense output at the save times inside it, this time with a graph, and
 backpropagates through that segment only. Every recomputed step is the step the forward solve
 took, so the gradient equals ``Backprop``'s to rounding.
 
@@ -29,7 +29,6 @@ import torch
 from torch import Tensor
 
 from ..algorithm import Algorithm
-from ..ode.dense import DenseOutput
 from ..problem import ODEProblem
 from ..solution import Stats
 from ..stepping.times import time_tensor
@@ -140,6 +139,10 @@ class _Checkpointed(torch.autograd.Function):
         direction = 1.0 if problem.t1 > problem.t0 else -1.0
         ctx.plan = (starts, dts, ends, _save_map(sol.ts.tolist(), problem.t0, starts, dts, ends, direction))
         ctx.ckpt_index = sorted(k for k in ckpts if k < len(starts))
+        ctx.methods = None
+        if acc.method is not None:  # composite methods: which sub-method took each accepted step
+            names = [type(m).__name__ for m in algorithm.methods]
+            ctx.methods = [names.index(m) for m in acc.method]
         ctx.adj, ctx.problem, ctx.algorithm = adj, problem, algorithm
         ctx.options, ctx.backward = options, backward
         ctx.save_for_backward(*(ckpts[k] for k in ctx.ckpt_index), *params)
@@ -152,13 +155,15 @@ class _Checkpointed(torch.autograd.Function):
         nck = len(ctx.ckpt_index)
         ckpts, params = saved[:nck], tuple(saved[nck:])
         starts, dts, ends, save_map = ctx.plan
-        alg, f = ctx.algorithm, ctx.problem.f
+        alg = ctx.algorithm
         rtol, atol = ctx.options.get("rtol", RTOL), ctx.options.get("atol", ATOL)
         stats: Stats = ctx.backward
         y_ref = ckpts[0]
         shape = y_ref.shape
-        poly = torch.as_tensor(alg.tableau.dense_poly, dtype=y_ref.dtype, device=y_ref.device)
-        needs_f1 = poly.shape[0] > alg.stages  # the Hermite interpolant uses f at the step's end
+        # The replay steps through the stepper protocol (the loop's own calls): any method the
+        # loop drives, explicit, implicit or composite, replays the forward's steps exactly.
+        terms = alg.prepare(ctx.problem.replace(y0=y_ref.detach()), dict(ctx.options), None)
+        methods = ctx.methods
         # Saved states grouped by the step that produces them.
         by_step: dict[int, list[tuple[int, str, float]]] = {}
         a = g_final if g_final is not None else torch.zeros_like(y_ref)
@@ -178,27 +183,26 @@ class _Checkpointed(torch.autograd.Function):
                 y, f0 = y_start, None
                 outs, gouts = [], []
                 for j in range(ja, jb):
-                    res = alg.step(f, starts[j], y, dts[j], f0=f0, rtol=rtol, atol=atol)
+                    if methods is not None:  # a composite method: the sub-method the forward used
+                        terms.current = methods[j]
+                    if f0 is None:
+                        f0 = terms.f(time_tensor(starts[j], y.device), y).reshape(-1)
+                        stats.nfe += 1
+                    res = alg.attempt(terms, starts[j], y, dts[j], f0, None, rtol, atol, need_error=False,
+                                      need_stiffness=False, t_new=ends[j])
                     stats.nfe += res.nfe
                     stats.naccept += 1
-                    K = res.k
-                    if needs_f1:
-                        f0 = f(time_tensor(ends[j], y.device), res.y)
-                        stats.nfe += 1
-                        K = torch.cat([K, f0.reshape(1, -1)])
-                    elif alg.fsal:
-                        f0 = K[-1].view(shape)
-                    else:
-                        f0 = None
-                    for i, kind, theta in by_step.get(j, ()):
-                        if g_ys is None:
-                            continue
-                        if kind == "end":
-                            outs.append(res.y)
-                        else:
-                            val = DenseOutput.evaluate_step(poly, y.reshape(-1), K, dts[j], [theta])[0]
-                            outs.append(val.view(shape))
+                    saves = by_step.get(j, ()) if g_ys is not None else ()
+                    inner = [theta for _, kind, theta in saves if kind == "inner"]
+                    # Non-FSAL methods evaluate f at the step's end for their interpolant (then the
+                    # next step's first stage), as the forward did with its dense output.
+                    piece, extra = alg.dense_piece(terms, ends[j], res, True)
+                    stats.nfe += extra
+                    vals = iter(alg.interpolate(terms, y.reshape(-1), piece, dts[j], inner) if inner else ())
+                    for i, kind, _theta in saves:
+                        outs.append(res.y if kind == "end" else next(vals).view(shape))
                         gouts.append(g_ys[i])
+                    f0 = res.f1
                     y = res.y
                 outs.append(y)
                 gouts.append(a)

@@ -6,10 +6,10 @@ from typing import Any
 
 from torch import Tensor
 
-from ..ode.runge_kutta import ExplicitRungeKutta
 from ..ode.torchdiffeq_backend import TorchDiffEq
 from ..problem import ODEProblem
 from ..solution import Solution, Stats
+from ..stepping.protocol import Stepper
 
 #: Defaults of our Runge-Kutta solves (``ExplicitRungeKutta``); the backward solve inherits them.
 RTOL, ATOL = 1e-6, 1e-9
@@ -24,9 +24,9 @@ def check_own_method(adjoint: Any, problem: Any, algorithm: Any) -> None:
         raise ValueError(f"{name} steps with the solvers Runge-Kutta methods, but the algorithm is "
                          f"{algorithm!r}: pass e.g. Tsit5(), or use TorchDiffEqAdjoint() for torchdiffeq's "
                          "adjoint")
-    if not isinstance(algorithm, ExplicitRungeKutta):
-        raise ValueError(f"{name} needs an explicit Runge-Kutta method of solvers (Tsit5(), Dopri5(), RK4() "
-                         f"...), got {algorithm!r}")
+    if not isinstance(algorithm, Stepper) or algorithm.kind != "ode" or not algorithm.interpolates:
+        raise ValueError(f"{name} needs an ODE method of solvers (Tsit5(), Dopri5(), RK4(), Rodas5P(), "
+                         f"Kvaerno5(), AutoSwitch() ...), got {algorithm!r}")
 
 
 def check_backward_tolerance(name: str, value: Any) -> float | None:

@@ -298,7 +298,7 @@ class Integrator:
                     # A step clipped to land on a save time does not shrink the controller's proposal.
                     self.dt = (d * max(abs(dt_next), abs(self.dt))) if land else dt_next
                 if alg.has_accept_hook:
-                    dt_hook = alg.accepted(terms, t_new, dt, res)
+                    dt_hook = alg.accepted(terms, t_new, self.dt, res)
                     if dt_hook is not None and not fixed:
                         self.dt = dt_hook
                 break

@@ -18,7 +18,8 @@ A *stepper* is an ``Algorithm`` that can attempt one step. The loop
 * ``dense_piece(terms, t_new, res, need) -> (piece, nfe)`` for interpolating methods: what dense
   output needs of an accepted step;
 * ``make_solution(**fields)``: the solution object (SDE solutions carry the noise);
-* optionally ``accepted(terms, t_new, dt, res) -> dt_next | None`` (after each accepted step: a
+* optionally ``accepted(terms, t_new, dt_next, res) -> dt_next | None`` (after each accepted step,
+  with the controller's proposal: a
   composite method switches there and may reset the step size) and ``extra_stats(terms)`` (counters
   such as Jacobian evaluations and factorisations, merged into ``sol.stats``).
 
@@ -179,8 +180,9 @@ class Stepper(Algorithm):
     #: Whether ``accepted`` is overridden (the loop skips the call otherwise).
     has_accept_hook: ClassVar[bool] = False
 
-    def accepted(self, terms: Any, t_new: float, dt: float, res: StepResult) -> float | None:
-        """Called after each accepted step; may return the next step size (``None``: the controller's)."""
+    def accepted(self, terms: Any, t_new: float, dt_next: float, res: StepResult) -> float | None:
+        """Called after each accepted step with the controller's proposed next step; may return
+        another (``None``: keep the proposal)."""
         return None
 
     def trace_methods(self, terms: Any, n: int) -> list[str] | None:
