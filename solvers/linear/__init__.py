@@ -16,6 +16,7 @@ The deep conjugate direction method takes a network; the shipped one (trained at
 
 from ..problem import LinearProblem
 from .dcdm import DCDM
+from .gmres import GMRES, GMRESInfo, gmres
 from .krylov import CG, PCG, FlexibleCG
 from .network import DCDMNet
 from .operators import LinearOperator, as_operator, as_scipy, check_symmetric
@@ -39,7 +40,7 @@ from .training import load_dcdm, load_pretrained
 
 __all__ = [
     "LinearProblem", "LinearSolution", "CG", "PCG", "FlexibleCG", "DCDM", "DCDMNet", "load_pretrained",
-    "load_dcdm", "Preconditioner", "Identity", "Jacobi",
+    "load_dcdm", "GMRES", "GMRESInfo", "gmres", "Preconditioner", "Identity", "Jacobi",
     "IC0", "AMG", "ic0_factor", "make_preconditioner", "LinearOperator", "as_operator", "as_scipy",
     "check_symmetric", "PoissonGrid", "FLUID", "SOLID", "AIR", "Sphere", "Box", "dirichlet_grid",
     "smoke_domain", "random_obstacles", "divergence_rhs", "poisson_problem", "dirichlet_poisson_problem",
