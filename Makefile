@@ -32,6 +32,8 @@ demo: setup
 	$(PYTHON) -m solvers.convergence --quick --out out/convergence
 	$(PYTHON) examples/ode_internals.py --quick --out out/examples/ode_internals
 	$(PYTHON) examples/bouncing_ball.py --quick --out out/examples/bouncing_ball
+	$(PYTHON) examples/stiff_kinetics_fit.py --quick --out out/examples/stiff_kinetics_fit
+	$(PYTHON) examples/ensemble_sde.py --quick --nprocs 2 --out out/examples/ensemble_sde
 	$(PYTHON) examples/integral_rl_control.py --quick --out out/examples/integral_rl_control
 	$(PYTHON) examples/neural_ode_regularization.py --quick --out out/examples/neural_ode_regularization
 	$(PYTHON) examples/poisson_pressure_solve.py --quick --out out/examples/poisson_pressure_solve
@@ -60,6 +62,8 @@ bench: setup
 	$(PYTHON) benchmarks/linear_solvers.py --out out/benchmarks/linear_solvers
 	$(PYTHON) benchmarks/pinn_failure_modes.py --quick --out out/benchmarks/pinn_failure_modes
 	$(PYTHON) benchmarks/stable_sde.py --quick --out out/benchmarks/stable_sde
+	$(PYTHON) benchmarks/stiff.py --quick --out out/benchmarks/stiff
+	$(PYTHON) benchmarks/scaling.py --quick --out out/benchmarks/scaling
 
 lint: setup
 	$(BIN)/ruff check .

@@ -17,10 +17,20 @@ from .adjoint import (
 )
 from .algorithm import Algorithm
 from .api import init, solve
+from .ensemble import (
+    Batched,
+    Distributed,
+    EnsembleProblem,
+    EnsembleSolution,
+    MonteCarloStatistics,
+    Serial,
+    solve_ensemble,
+)
 from .events import Event, EventRecord
 from .ode import (
     METHODS,
     RK4,
+    AutoSwitch,
     Bosh3,
     ButcherTableau,
     ConstantStepSize,
@@ -32,6 +42,9 @@ from .ode import (
     PIController,
     PIDController,
     Ralston,
+    Rodas4,
+    Rodas5P,
+    Rosenbrock23,
     TorchDiffEq,
     Tsit5,
     Vern6,
@@ -45,10 +58,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Algorithm", "solve", "init", "Event", "EventRecord",
+    "EnsembleProblem", "EnsembleSolution", "solve_ensemble", "Serial", "Batched", "Distributed",
+    "MonteCarloStatistics",
     "ODEProblem", "SDEProblem", "LinearProblem", "IntegralProblem",
     "Solution", "Stats", "StepTrace", "ReturnCode", "SolverError",
     "ButcherTableau", "Euler", "Midpoint", "Heun", "Ralston", "RK4", "Bosh3", "Dopri5", "Tsit5", "Verner65",
-    "Vern6", "Vern7",
+    "Vern6", "Vern7", "Rosenbrock23", "Rodas4", "Rodas5P", "AutoSwitch",
     "METHODS", "ConstantStepSize", "IController", "PIController", "PIDController", "TorchDiffEq",
     "Adjoint", "Backprop", "BacksolveAdjoint", "CheckpointAdjoint", "TorchDiffEqAdjoint", "TorchSDEAdjoint",
 ]

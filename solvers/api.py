@@ -45,7 +45,14 @@ def solve(problem: Any, algorithm: Algorithm, adjoint: Adjoint | None = None, **
     ``None`` or ``Backprop()`` differentiates through the step loop; ``BacksolveAdjoint()``,
     ``CheckpointAdjoint(n)`` and ``TorchDiffEqAdjoint()`` run ``adjoint.solve(problem, algorithm,
     **options)``.
+
+    An ``EnsembleProblem`` (``solvers.ensemble``) is solved as an ensemble: ``trajectories=N`` and
+    ``backend=Serial() | Batched() | Distributed()`` (see ``solve_ensemble``).
     """
+    from .ensemble.problem import EnsembleProblem  # lazy: solvers.ensemble imports this module
+
+    if isinstance(problem, EnsembleProblem):
+        return problem.solve(algorithm, adjoint=adjoint, **options)
     _check(problem, algorithm)
     _check_adjoint(adjoint)
     if adjoint is None or type(adjoint) is Backprop:

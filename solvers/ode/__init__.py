@@ -9,9 +9,13 @@ from ..stepping.controllers import (
     initial_step,
 )
 from ..stepping.protocol import StepResult
+from .autoswitch import AutoSwitch
 from .bosh3 import Bosh3
 from .classic import RK4, Euler, Heun, Midpoint, Ralston
 from .dopri5 import Dopri5
+from .implicit import ImplicitStepper
+from .rosenbrock import Rodas4, Rodas5P, Rosenbrock, Rosenbrock23
+from .rosenbrock_tableaux import RODAS4, RODAS5P, ROSENBROCK23, RosenbrockTableau
 from .runge_kutta import ExplicitRungeKutta
 from .tableau import ButcherTableau
 from .torchdiffeq_backend import TorchDiffEq
@@ -27,6 +31,7 @@ METHODS = (Euler, Midpoint, Heun, Ralston, Bosh3, RK4, Dopri5, Tsit5, Verner65, 
 __all__ = [
     "ButcherTableau", "ExplicitRungeKutta", "StepResult", "initial_step",
     "Euler", "Midpoint", "Heun", "Ralston", "RK4", "Bosh3", "Dopri5", "Tsit5", "Verner65", "Vern6", "Vern7",
-    "METHODS",
+    "METHODS", "ImplicitStepper", "Rosenbrock", "Rosenbrock23", "Rodas4", "Rodas5P", "RosenbrockTableau",
+    "RODAS4", "RODAS5P", "ROSENBROCK23", "AutoSwitch",
     "Controller", "ConstantStepSize", "IController", "PIController", "PIDController", "TorchDiffEq",
 ]
