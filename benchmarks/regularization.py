@@ -55,6 +55,7 @@ from nde import (  # noqa: E402
 from solvers import Tsit5, solve  # noqa: E402
 from solvers.problem import ODEProblem, SDEProblem  # noqa: E402
 from solvers.sde import LambaEM  # noqa: E402
+from solvers.training import StepInfo, TrainConfig, Trainer  # noqa: E402
 
 ALL_METHODS = ("vanilla", "global_error", "global_stiffness", "local_unbiased", "local_biased", "steer",
                "rnode")
@@ -278,33 +279,32 @@ TASKS = {"digits": Digits, "spiral": Spiral, "sde": SDETask}
 
 
 def run_one(task: Task, method: str, seed: int, lr: float, progress: bool) -> dict:
+    """Train one method on one task with the shared trainer (Adam; the loss plus the regulariser's
+    weighted ``reg_loss``, which the trainer adds) and measure it."""
     model, data = task.build(seed)
     reg = make_regularizer(method, task, seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
     nfe_hist, bnfe_hist, loss_hist = [], [], []
-    t_start, c_start = time.perf_counter(), time.process_time()
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    solved: dict[str, nn.Module] = {}
 
-        bar = tqdm(total=task.iterations, desc=f"{task.name}/{method}/seed{seed}", leave=False,
-                   disable=None)
-    for epoch in range(task.epochs):
-        for batch in task.batches(data, epoch, seed):
-            opt.zero_grad()
-            loss, ode = task.train_step(model, batch, reg)
-            total = loss + ode.reg_loss if ode.reg_loss is not None else loss
-            total.backward()
-            opt.step()
-            nfe_hist.append(ode.nfe_forward + ode.nfe_regularizer)
-            bnfe_hist.append(ode.nfe_backward)
-            loss_hist.append(float(loss.detach()))
-            if bar is not None:
-                bar.update(1)
+    def loss_fn(m, batch, ctx):
+        loss, solved["ode"] = task.train_step(m, batch, reg)
+        return loss
+
+    def on_step(info: StepInfo) -> None:       # after the backward pass: its NFE are known
+        ode = solved["ode"]
+        nfe_hist.append(ode.nfe_forward + ode.nfe_regularizer)
+        bnfe_hist.append(ode.nfe_backward)
+        loss_hist.append(info.loss)
+
+    # on_nonfinite="stop": a diverging run ends (reported) instead of training on NaN parameters
+    cfg = TrainConfig(epochs=task.epochs, lr=lr, seed=seed, on_nonfinite="stop", progress=progress)
+    trainer = Trainer(model, loss_fn, cfg, batches=lambda epoch, gen: task.batches(data, epoch, seed),
+                      steps_per_epoch=task.iterations // task.epochs, on_step=on_step,
+                      desc=f"{task.name}/{method}/seed{seed}")
+    t_start, c_start = time.perf_counter(), time.process_time()
+    fit = trainer.fit()
     train_time = time.perf_counter() - t_start
     train_cpu = time.process_time() - c_start
-    if bar is not None:
-        bar.close()
     model.eval()
     metrics, predict = task.evaluate(model, data)
     with torch.no_grad():
@@ -315,11 +315,14 @@ def run_one(task: Task, method: str, seed: int, lr: float, progress: bool) -> di
             ptimes.append(time.perf_counter() - t0)
             pcpu.append(time.process_time() - c0)
     run_one.last_predict = predict
-    return {"task": task.name, "method": method, "seed": seed, **metrics,
-            "train_time_s": train_time, "predict_time_s": statistics.median(ptimes),
-            "train_cpu_s": train_cpu, "predict_cpu_s": statistics.median(pcpu),
-            "backward_nfe_per_step": float(np.mean(bnfe_hist)), "train_nfe_history": nfe_hist,
-            "train_loss_history": loss_hist, "iterations": len(nfe_hist)}
+    out = {"task": task.name, "method": method, "seed": seed, **metrics,
+           "train_time_s": train_time, "predict_time_s": statistics.median(ptimes),
+           "train_cpu_s": train_cpu, "predict_cpu_s": statistics.median(pcpu),
+           "backward_nfe_per_step": float(np.mean(bnfe_hist)), "train_nfe_history": nfe_hist,
+           "train_loss_history": loss_hist, "iterations": len(nfe_hist)}
+    if fit.diverged:
+        out["diverged"] = fit.message
+    return out
 
 
 def retime_predictions(fresh: dict, rounds: int = 7) -> None:

@@ -28,11 +28,11 @@ Every model is decoded the same way, ``x_hat(t) = D([z(t), phi(tau)])`` with ``t
 ``phi(tau) = [s, sqrt(s)]``, ``s = tau / (T_in - t_1)`` and ``D`` a small MLP: the models differ only in
 their latent dynamics.
 
-**Training** (``fit_forecaster``): the mean squared error of a one-sample forecast (a fresh Brownian
-path per step, seeded by ``nde.training.step_seed``) on the standardised targets, Adam, early
-stopping on the validation MSE of the mean forecast, checkpoints with exact resume. ``loss="crps"``
-trains on the two-sample CRPS instead (a proper scoring rule, which rewards a calibrated spread rather
-than shrinking it).
+**Training** (``fit_forecaster``, a thin use of ``solvers.training.Trainer``): the mean squared error of a
+one-sample forecast (a fresh Brownian path per step, seeded by ``nde.training.step_seed``) on the
+standardised targets, Adam, early stopping on the validation MSE of the mean forecast, checkpoints with
+exact resume. ``loss="crps"`` trains on the two-sample CRPS instead (a proper scoring rule, which rewards
+a calibrated spread rather than shrinking it).
 
 **Metrics** (``forecast_metrics``), averaged over every target point: MSE and MAE of the mean of
 ``K`` sample paths, the ensemble CRPS in its unbiased ("fair") form (Ferro 2014; Zamo & Naveau 2018)
@@ -49,24 +49,22 @@ A deterministic forecast (``K = 1`` or all samples equal) has ``CRPS = MAE``.
 
 from __future__ import annotations
 
-import copy
 import math
-import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from solvers import SolverError
+from solvers.training import StepContext, Trainer
+from solvers.training import TrainConfig as CoreConfig
 
 from .datasets import TimeSeriesDataset, drop_points, stratified_split
 from .paths import ControlPath, check_times
 from .stable_sde import build_model, mlp
-from .training import TrainConfig, load_checkpoint, save_checkpoint, step_seed
+from .training import RUN_FIELDS, TrainConfig
 
 __all__ = ["FrozenPath", "Forecaster", "ForecastData", "ForecastSplits", "ForecastConfig", "ForecastResult",
            "forecast_task", "noisy_sines", "fit_forecaster", "evaluate_forecaster", "forecast_metrics",
@@ -564,28 +562,6 @@ class ForecastResult:
     message: str = ""
 
 
-def _train_step(model: Forecaster, opt: torch.optim.Optimizer, data: ForecastData, idx: Tensor, seed: int,
-                cfg: ForecastConfig, where: str) -> float:
-    """One Adam step; ``FloatingPointError`` (parameters untouched) on a non-finite loss or gradient."""
-    try:
-        loss = forecast_loss(model, data, idx, seed, cfg.loss)
-    except SolverError as err:          # the latent SDE blew up (NaN/Inf state) during the solve
-        raise FloatingPointError(f"solve failed at {where}: {err}") from err
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"non-finite training loss at {where}")
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    if not all(bool(torch.isfinite(g).all()) for g in grads):
-        # checked before the step, so the parameters stay finite (a NaN would surface later as a
-        # confusing "y0 contains NaN" from the next solve)
-        raise FloatingPointError(f"non-finite gradient at {where}")
-    if cfg.grad_clip is not None:
-        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-    opt.step()
-    return float(loss.detach())
-
-
 def _validate(model: Forecaster, val: ForecastData, cfg: ForecastConfig, epoch: int) -> dict[str, float]:
     """Validation metrics; ``FloatingPointError`` if the solve blows up or the MSE is not finite."""
     try:
@@ -654,73 +630,37 @@ def fit_forecaster(model: Forecaster, train: ForecastData, val: ForecastData,
     The model returned holds the best-validation parameters. The Brownian seed of step ``b`` of epoch
     ``e`` is ``nde.training.step_seed`` ``(seed, e, b)`` and the shuffling generator is saved, so a run
     resumed from its checkpoint (written atomically after every epoch) ends bit-identical to an
-    uninterrupted one (same device and thread count).
+    uninterrupted one (same device and thread count). A non-finite loss or gradient, or a solve that
+    blows up, raises ``FloatingPointError`` before the parameters change (``on_nonfinite="stop"``: ends
+    the run there, ``diverged``).
     """
     cfg = config or ForecastConfig()
     if len(train) == 0 or len(val) == 0:
         raise ValueError("train and validation sets must not be empty")
     for d in (train, val):
         check_targets(d.y, channels=model.input_channels)
-    dev = next(model.parameters()).device
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    res = ForecastResult()
-    best_state = copy.deepcopy(model.state_dict())
-    bad, start_epoch = 0, 0
-    if cfg.checkpoint and cfg.resume and Path(cfg.checkpoint).exists():
-        ck = load_checkpoint(cfg.checkpoint, cfg.seed, model, opt, gen, dev)
-        best_state, bad, start_epoch = ck["best_state"], ck["bad_epochs"], ck["epoch"] + 1
-        res = ForecastResult(**ck["result"])
-    if res.finished:
-        model.load_state_dict(best_state)
-        return res
-    n = len(train)
-    n_batches = (n + cfg.batch_size - 1) // cfg.batch_size
-    end_epoch = cfg.epochs if cfg.max_epochs_this_call is None else min(
-        cfg.epochs, start_epoch + cfg.max_epochs_this_call)
-    bar = tqdm(range(start_epoch, end_epoch), desc=desc, disable=None if cfg.progress else True, leave=False)
 
-    def save(epoch: int) -> None:
-        if cfg.checkpoint:
-            save_checkpoint(cfg.checkpoint, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                   "generator": gen.get_state(), "best_state": best_state, "bad_epochs": bad,
-                                   "epoch": epoch, "result": asdict(res), "config": asdict(cfg)})
-
-    for epoch in bar:
-        t0 = time.perf_counter()
-        model.train()
-        perm = torch.randperm(n, generator=gen)
-        tot = 0.0
+    def loss_fn(m: Forecaster, idx: Tensor, ctx: StepContext) -> Tensor:
         try:
-            for b in range(n_batches):
-                idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-                tot += _train_step(model, opt, train, idx, step_seed(cfg.seed, epoch, b), cfg,
-                                   f"epoch {epoch}, step {b}") * len(idx)
-            res.train_time += time.perf_counter() - t0
-            vm = _validate(model, val, cfg, epoch)
-        except FloatingPointError as err:
-            if cfg.on_nonfinite == "raise":
-                raise
-            res.diverged, res.finished, res.message = True, True, str(err)
-            save(epoch)
-            break
-        res.history.append({"epoch": epoch, "train_loss": tot / n, "val_mse": vm["mse"],
-                            "val_crps": vm["crps"]})
-        key = cfg.select or cfg.loss
-        best = res.best_val_mse if key == "mse" else res.best_val_crps
-        if vm[key] < best:
-            res.best_val_mse, res.best_val_crps, res.best_epoch = vm["mse"], vm["crps"], epoch
-            best_state = copy.deepcopy(model.state_dict())
-            bad = 0
-        else:
-            bad += 1
-        bar.set_postfix(loss=f"{tot / n:.3f}", val_mse=f"{vm['mse']:.3f}", val_crps=f"{vm['crps']:.3f}")
-        stop = cfg.patience is not None and bad >= cfg.patience
-        res.stopped_early = stop
-        res.finished = stop or epoch + 1 >= cfg.epochs
-        save(epoch)
-        if stop:
-            break
-    bar.close()
-    model.load_state_dict(best_state)
-    return res
+            return forecast_loss(m, train, idx, ctx.seed, cfg.loss)
+        except SolverError as err:          # the latent SDE blew up (NaN/Inf state) during the solve
+            raise FloatingPointError(f"solve failed at epoch {ctx.epoch}, step {ctx.step}: {err}") from err
+
+    def validate(m: Forecaster, epoch: int) -> dict[str, float]:
+        vm = _validate(m, val, cfg, epoch)
+        return {"val_mse": vm["mse"], "val_crps": vm["crps"]}
+
+    # check_grads: a non-finite gradient stops before the step, so the parameters stay finite (a NaN
+    # would surface later as a confusing "y0 contains NaN" from the next solve)
+    core = CoreConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                      grad_clip=cfg.grad_clip, check_grads=True, monitor=f"val_{cfg.select or cfg.loss}",
+                      mode="min", patience=cfg.patience, on_nonfinite=cfg.on_nonfinite, seed=cfg.seed,
+                      progress=cfg.progress, checkpoint=cfg.checkpoint, resume=cfg.resume,
+                      max_epochs_this_call=cfg.max_epochs_this_call)
+    identity = {k: v for k, v in asdict(cfg).items() if k not in RUN_FIELDS}
+    r = Trainer(model, loss_fn, core, data=len(train), validate=validate, identity=identity, desc=desc).fit()
+    return ForecastResult(history=r.history, best_epoch=r.best_epoch,
+                          best_val_mse=r.best.get("val_mse", math.inf),
+                          best_val_crps=r.best.get("val_crps", math.inf), train_time=r.train_time,
+                          stopped_early=r.stopped_early, finished=r.finished, diverged=r.diverged,
+                          message=r.message)

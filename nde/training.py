@@ -1,11 +1,13 @@
-"""A small training loop shared by the ``nde`` sequence classifiers.
+"""Training of the ``nde`` sequence classifiers: a thin use of the shared ``solvers.training.Trainer``.
 
-Minibatches from a seeded ``torch.Generator``, Adam, cross-entropy, early stopping on validation
+Minibatches from the run's seeded ``torch.Generator``, Adam, cross-entropy, early stopping on validation
 accuracy (ties broken by the validation loss), tqdm progress, and checkpoints from which a run resumes
-*exactly*: the checkpoint holds the model, the optimiser, the shuffling generator's state, the
-early-stopping state and the history, and the Brownian seed of every training step is a function of
-``(seed, epoch, step)``, so a run stopped after any epoch and resumed gives bit-identical parameters
-to an uninterrupted one (on the same device and thread count).
+*exactly*: the trainer's checkpoint (``solvers.training.checkpoint``: atomic, ``weights_only=True``)
+holds the model, the optimiser, the shuffling generator's state, the early-stopping state and the
+history, and the Brownian seed of every training step is a function of ``(seed, epoch, step)``
+(``step_seed``), so a run stopped after any epoch and resumed gives bit-identical parameters to an
+uninterrupted one (on the same device and thread count). Under ``torchrun`` the same call trains with
+``DistributedDataParallel`` (``docs/training.md``).
 
 Evaluation solves with a fixed Brownian seed (``eval_seed``), so validation and test numbers of an SDE
 model are repeatable.
@@ -13,16 +15,18 @@ model are repeatable.
 
 from __future__ import annotations
 
-import copy
-import os
-import time
+import math
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
+
+from solvers.training import FitResult, Trainer
+from solvers.training import TrainConfig as CoreConfig
+from solvers.training import step_seed as _core_step_seed
+
+__all__ = ["SeriesData", "TrainConfig", "TrainResult", "step_seed", "evaluate", "fit"]
 
 
 class SeriesData(Protocol):
@@ -79,8 +83,9 @@ class TrainResult:
 
 
 def step_seed(seed: int, epoch: int, step: int) -> int:
-    """The Brownian seed of one training step (a fixed function, so resumed runs replay it)."""
-    return (seed * 1_000_003 + epoch * 10_007 + step) % (2**62)
+    """The Brownian seed of one training step (a fixed function, so resumed runs replay it); the
+    single-process case of ``solvers.training.step_seed``."""
+    return _core_step_seed(seed, epoch, step)
 
 
 @torch.no_grad()
@@ -98,28 +103,6 @@ def evaluate(model: nn.Module, data: SeriesData, batch_size: int = 256,
         correct += int((logits.argmax(-1) == yb).sum())
     model.train(was)
     return loss_sum / n, correct / n
-
-
-def save_checkpoint(path: str, payload: dict[str, Any]) -> None:
-    """``torch.save`` to a temporary file, then an atomic rename: a run killed while saving leaves the
-    previous checkpoint intact."""
-    tmp = f"{path}.tmp"
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: str, seed: int, model: nn.Module, opt: torch.optim.Optimizer,
-                    gen: torch.Generator, device: torch.device) -> dict[str, Any]:
-    """Restore ``model``, ``opt`` and the shuffling generator ``gen`` from a checkpoint written by a
-    training loop of this package and return it (its ``best_state``, ``bad_epochs``, ``epoch`` and
-    ``result`` are the loop's to restore). A checkpoint of another seed is refused."""
-    ck = torch.load(path, map_location=device, weights_only=False)
-    if ck["config"]["seed"] != seed:
-        raise ValueError(f"checkpoint {path} was written with seed {ck['config']['seed']}, not {seed}")
-    model.load_state_dict(ck["model"])
-    opt.load_state_dict(ck["optimizer"])
-    gen.set_state(ck["generator"])
-    return ck
 
 
 def _check_labels(name: str, data: SeriesData, num_classes: int | None) -> None:
@@ -140,12 +123,31 @@ def _check_labels(name: str, data: SeriesData, num_classes: int | None) -> None:
         raise ValueError(f"{name}.y holds a negative label ({lo}); class labels start at 0")
 
 
+#: Fields of ``TrainConfig`` that may change when a run resumes (the run's length and bookkeeping); every
+#: other field is part of the checkpoint's config hash.
+RUN_FIELDS = ("epochs", "progress", "checkpoint", "resume", "max_epochs_this_call")
+
+
+def _select_by_accuracy(row: dict[str, Any], res: FitResult) -> str:
+    """Best: higher validation accuracy, ties broken by lower loss; progress (patience reset without a
+    new best): a validation loss below every earlier one."""
+    va, vl = row["val_acc"], row["val_loss"]
+    best_acc, best_loss = res.best.get("val_acc", -1.0), res.best.get("val_loss", math.inf)
+    if va > best_acc or (va == best_acc and vl < best_loss):
+        return "best"
+    if vl < min((h["val_loss"] for h in res.history), default=math.inf):
+        return "progress"
+    return "none"
+
+
 def fit(model: nn.Module, train: SeriesData, val: SeriesData, config: TrainConfig | None = None,
         desc: str = "train") -> TrainResult:
     """Train ``model`` (``model(times, x, seed=...) -> logits``) with Adam and early stopping.
 
     On return the model holds the parameters of the best validation epoch. With ``config.checkpoint``
-    a checkpoint is written after every epoch; an existing one is resumed from (``config.resume``).
+    a checkpoint is written after every epoch; an existing one is resumed from (``config.resume``); one
+    of another model or other settings (anything but ``RUN_FIELDS``) is refused with a message naming
+    the difference.
     """
     cfg = config or TrainConfig()
     if len(train.y) == 0 or len(val.y) == 0:
@@ -154,65 +156,24 @@ def fit(model: nn.Module, train: SeriesData, val: SeriesData, config: TrainConfi
     for name, data in (("train", train), ("val", val)):
         _check_labels(name, data, num_classes)
     dev = next(model.parameters()).device
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    res = TrainResult()
-    best_state = copy.deepcopy(model.state_dict())
-    bad = 0
-    start_epoch = 0
-    if cfg.checkpoint and cfg.resume and Path(cfg.checkpoint).exists():
-        ck = load_checkpoint(cfg.checkpoint, cfg.seed, model, opt, gen, dev)
-        best_state, bad, start_epoch = ck["best_state"], ck["bad_epochs"], ck["epoch"] + 1
-        res = TrainResult(**ck["result"])
-    if res.finished:
-        model.load_state_dict(best_state)
-        return res
-    n = len(train.y)
-    n_batches = (n + cfg.batch_size - 1) // cfg.batch_size
-    if n_batches > 1 and n % cfg.batch_size == 1:
-        n_batches -= 1   # a last batch of one sample joins the one before (BatchNorm needs two in training)
-    end_epoch = cfg.epochs
-    if cfg.max_epochs_this_call is not None:
-        end_epoch = min(cfg.epochs, start_epoch + cfg.max_epochs_this_call)
-    bar = tqdm(range(start_epoch, end_epoch), desc=desc, disable=None if cfg.progress else True, leave=False)
-    for epoch in bar:
-        t0 = time.perf_counter()
-        model.train()
-        perm = torch.randperm(n, generator=gen)
-        tot = 0.0
-        for b in range(n_batches):
-            idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size if b < n_batches - 1 else n]
-            xb, yb = train.x[idx].to(dev), train.y[idx].to(dev)
-            logits = model(train.times, xb, seed=step_seed(cfg.seed, epoch, b))
-            loss = nn.functional.cross_entropy(logits, yb)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite training loss at epoch {epoch}, step {b}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            tot += float(loss.detach()) * len(idx)
-        res.train_time += time.perf_counter() - t0
-        vl, va = evaluate(model, val, cfg.eval_batch_size, cfg.eval_seed)
-        res.history.append({"epoch": epoch, "train_loss": tot / n, "val_loss": vl, "val_acc": va})
-        if va > res.best_val_acc or (va == res.best_val_acc and vl < res.best_val_loss):
-            res.best_val_acc, res.best_val_loss, res.best_epoch = va, vl, epoch
-            best_state = copy.deepcopy(model.state_dict())
-            bad = 0
-        elif vl < res.min_val_loss:
-            bad = 0
-        else:
-            bad += 1
-        res.min_val_loss = min(res.min_val_loss, vl)
-        bar.set_postfix(loss=f"{tot / n:.3f}", val_acc=f"{va:.3f}", best=f"{res.best_val_acc:.3f}")
-        stop = cfg.patience is not None and bad >= cfg.patience
-        res.stopped_early = stop
-        res.finished = stop or epoch + 1 >= cfg.epochs
-        if cfg.checkpoint:
-            save_checkpoint(cfg.checkpoint, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                   "generator": gen.get_state(), "best_state": best_state, "bad_epochs": bad,
-                                   "epoch": epoch, "result": asdict(res), "config": asdict(cfg)})
-        if stop:
-            break
-    bar.close()
-    model.load_state_dict(best_state)
-    return res
+
+    def loss_fn(m: nn.Module, idx: Tensor, ctx: Any) -> Tensor:
+        xb, yb = train.x[idx].to(dev), train.y[idx].to(dev)
+        return nn.functional.cross_entropy(m(train.times, xb, seed=ctx.seed), yb)
+
+    def validate(m: nn.Module, epoch: int) -> dict[str, float]:
+        vl, va = evaluate(m, val, cfg.eval_batch_size, cfg.eval_seed)
+        return {"val_loss": vl, "val_acc": va}
+
+    # a last batch of one sample joins the one before (BatchNorm needs two in training)
+    core = CoreConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                      patience=cfg.patience, seed=cfg.seed, min_last_batch=2, progress=cfg.progress,
+                      checkpoint=cfg.checkpoint, resume=cfg.resume,
+                      max_epochs_this_call=cfg.max_epochs_this_call)
+    identity = {k: v for k, v in asdict(cfg).items() if k not in RUN_FIELDS}
+    r = Trainer(model, loss_fn, core, data=len(train.y), validate=validate, select=_select_by_accuracy,
+                identity=identity, desc=desc).fit()
+    return TrainResult(history=r.history, best_epoch=r.best_epoch, best_val_acc=r.best.get("val_acc", -1.0),
+                       best_val_loss=r.best.get("val_loss", math.inf),
+                       min_val_loss=min((h["val_loss"] for h in r.history), default=math.inf),
+                       train_time=r.train_time, stopped_early=r.stopped_early, finished=r.finished)

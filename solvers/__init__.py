@@ -38,6 +38,8 @@ from .ode import (
     Euler,
     Heun,
     IController,
+    Kvaerno3,
+    Kvaerno5,
     Midpoint,
     PIController,
     PIDController,
@@ -53,17 +55,19 @@ from .ode import (
 )
 from .problem import IntegralProblem, LinearProblem, ODEProblem, SDEProblem
 from .solution import ReturnCode, Solution, SolverError, Stats, StepTrace
+from .training import Trainer
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Algorithm", "solve", "init", "Event", "EventRecord",
     "EnsembleProblem", "EnsembleSolution", "solve_ensemble", "Serial", "Batched", "Distributed",
-    "MonteCarloStatistics",
+    "MonteCarloStatistics", "Trainer",
     "ODEProblem", "SDEProblem", "LinearProblem", "IntegralProblem",
     "Solution", "Stats", "StepTrace", "ReturnCode", "SolverError",
     "ButcherTableau", "Euler", "Midpoint", "Heun", "Ralston", "RK4", "Bosh3", "Dopri5", "Tsit5", "Verner65",
-    "Vern6", "Vern7", "Rosenbrock23", "Rodas4", "Rodas5P", "AutoSwitch",
+    "Vern6", "Vern7", "Rosenbrock23", "Rodas4", "Rodas5P", "Kvaerno3", "Kvaerno5",
+    "AutoSwitch",
     "METHODS", "ConstantStepSize", "IController", "PIController", "PIDController", "TorchDiffEq",
     "Adjoint", "Backprop", "BacksolveAdjoint", "CheckpointAdjoint", "TorchDiffEqAdjoint", "TorchSDEAdjoint",
 ]

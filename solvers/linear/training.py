@@ -14,17 +14,21 @@ with random Gaussian weights, the low end of the spectrum weighted up (``low_wei
 half of the Ritz values, as in the paper's data generation), then normalised. The low modes are the
 ones CG resolves slowly, so the network must treat them well. Samples are drawn on the fly from the
 stored Ritz basis (the paper precomputes 20,000 vectors at 64^3, tens of GB).
+
+The loop is the shared ``solvers.training.Trainer`` (one step per trainer epoch, so ``checkpoint_every``
+counts steps) and its checkpoint format; ``load_dcdm`` also reads the files written before it (the
+shipped weights among them).
 """
 
 from __future__ import annotations
 
 import math
 import os
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import scipy.linalg as sla
@@ -32,11 +36,13 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor
 
+from ..training import CheckpointError, StepContext, Trainer, read_checkpoint, save_checkpoint
+from ..training import TrainConfig as CoreConfig
 from .network import DCDMNet
 from .poisson import PoissonGrid
 
 __all__ = ["lanczos_ritz", "RitzSampler", "dcdm_loss", "unrolled_dcdm_loss", "TrainConfig", "train_dcdm",
-           "load_dcdm", "pretrained_path", "load_pretrained"]
+           "load_dcdm", "save_weights", "pretrained_path", "load_pretrained"]
 
 
 def lanczos_ritz(A: sp.spmatrix, m: int, seed: int = 0, nullspace: np.ndarray | None = None
@@ -157,6 +163,11 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)
 
 
+#: Fields of ``TrainConfig`` that may change when a run resumes (length, bookkeeping); the others are
+#: part of the checkpoint's config hash.
+RUN_FIELDS = ("steps", "checkpoint_every", "minutes")
+
+
 def training_grids(cfg: TrainConfig) -> list[PoissonGrid]:
     """The training domains: smoke boxes (walls, open top) with random spheres/boxes, seeds 0.. ."""
     from .poisson import random_obstacles, smoke_domain
@@ -174,25 +185,11 @@ def train_dcdm(cfg: TrainConfig, checkpoint: str | os.PathLike | None = None, pr
     torch stencil). The learning rate decays
     geometrically from ``lr`` to ``lr_final`` over ``cfg.steps``. ``until`` stops this call early at that
     step (with a checkpoint), as an interruption would. Returns the network and the loss history.
+    A checkpoint of another network or of other settings (all but ``RUN_FIELDS``) is refused.
     """
-    from tqdm.auto import tqdm
-
     torch.manual_seed(cfg.seed)
     grids = list(grids) if grids is not None else training_grids(cfg)
     net = DCDMNet(cfg.dim, nu=cfg.nu, min_size=cfg.min_size, channels=cfg.channels)
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
-    gamma = (cfg.lr_final / cfg.lr) ** (1.0 / max(cfg.steps, 1))
-    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    step, history = 0, []
-    path = Path(checkpoint) if checkpoint is not None else None
-    if path is not None and path.exists():
-        state = torch.load(path, weights_only=False)
-        net.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        gen.set_state(state["generator"])
-        step, history = state["step"], state["history"]
     samplers, stencils, geoms, caches = [], [], [], []
     for gi, g in enumerate(grids):
         N = g.nullspace()
@@ -202,51 +199,43 @@ def train_dcdm(cfg: TrainConfig, checkpoint: str | os.PathLike | None = None, pr
         geoms.append(g.geometry())
         caches.append({})  # the multigrid hierarchy of each domain, built once
 
-    def save():
-        if path is None:
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(dict(model=net.state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(),
-                        generator=gen.get_state(), step=step, history=history, config=asdict(cfg)), tmp)
-        os.replace(tmp, path)  # atomic: an interrupted save never corrupts the checkpoint
-
-    t_start = time.perf_counter()
-    bar = tqdm(total=cfg.steps, initial=step, disable=None if progress else True, desc="DCDM training")
-    last = cfg.steps if until is None else min(until, cfg.steps)
-    while step < last:
+    def batches(step: int, gen: torch.Generator) -> list[tuple[int, Tensor]]:
         gi = step % len(grids)
+        return [(gi, samplers[gi].sample(cfg.batch, gen))]
+
+    def loss_fn(model: DCDMNet, batch: tuple[int, Tensor], ctx: StepContext) -> Tensor:
+        gi, b = batch
         g = grids[gi]
-        b = samplers[gi].sample(cfg.batch, gen)
         if cfg.unroll == 1:
             bg = g.to_grid(b * math.sqrt(g.n))  # unit-RMS input, as the solver feeds it
-            q = net(bg, geoms[gi], cache=caches[gi])
+            q = model(bg, geoms[gi], cache=caches[gi])
             Aq = g.from_grid(stencils[gi](q))
-            loss = dcdm_loss(g.from_grid(q), b, Aq)
-        else:
-            loss = unrolled_dcdm_loss(partial(net, geom=geoms[gi], cache=caches[gi]), stencils[gi],
-                                      g.to_grid(b), cfg.unroll)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        step += 1
-        history.append(float(loss.detach()))
-        bar.update(1)
-        if step % 20 == 0:
-            bar.set_postfix(loss=f"{np.mean(history[-20:]):.4f}")
-        if step % cfg.checkpoint_every == 0:
-            save()
-        if (time.perf_counter() - t_start) / 60 > cfg.minutes:
-            break
-    bar.close()
-    save()
-    return net, history
+            return dcdm_loss(g.from_grid(q), b, Aq)
+        return unrolled_dcdm_loss(partial(model, geom=geoms[gi], cache=caches[gi]), stencils[gi],
+                                  g.to_grid(b), cfg.unroll)
+
+    gamma = (cfg.lr_final / cfg.lr) ** (1.0 / max(cfg.steps, 1))
+    core = CoreConfig(epochs=cfg.steps, lr=cfg.lr, seed=cfg.seed, progress=progress,
+                      checkpoint=os.fspath(checkpoint) if checkpoint is not None else None,
+                      checkpoint_every=cfg.checkpoint_every, time_limit=cfg.minutes * 60)
+    identity = {k: v for k, v in asdict(cfg).items() if k not in RUN_FIELDS}
+    res = Trainer(net, loss_fn, core, batches=batches, steps_per_epoch=1, identity=identity,
+                  scheduler=lambda opt: torch.optim.lr_scheduler.ExponentialLR(opt, gamma),
+                  desc="DCDM training").fit(until=until)
+    return net, [h["train_loss"] for h in res.history]
 
 
 def load_dcdm(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> DCDMNet:
-    """A ``DCDMNet`` from a weights file written by ``save_weights`` or a training checkpoint."""
-    state = torch.load(path, map_location=map_location, weights_only=False)
+    """A ``DCDMNet`` from a weights file written by ``save_weights`` or a training checkpoint of
+    ``train_dcdm`` (read with ``weights_only=True``), or from a file of the format before the shared
+    trainer (``model`` and ``config`` entries: the shipped weights)."""
+    try:
+        state = read_checkpoint(path, map_location)
+    except CheckpointError:
+        # the format before the shared trainer: {"model", "config"[, "info" | optimizer state ...]}
+        state = torch.load(path, map_location=map_location, weights_only=True)
+        if not (isinstance(state, dict) and "model" in state):
+            raise
     cfg = state.get("config", {})
     net = DCDMNet(cfg.get("dim", 3), nu=cfg.get("nu", 2), min_size=cfg.get("min_size", 4),
                   channels=cfg.get("channels", 8))
@@ -255,9 +244,10 @@ def load_dcdm(path: str | os.PathLike, map_location: str | torch.device = "cpu")
     return net
 
 
-def save_weights(net: DCDMNet, cfg: TrainConfig, path: str | os.PathLike, **info) -> None:
-    """The model and its config only (small; what the repository ships)."""
-    torch.save(dict(model=net.state_dict(), config=asdict(cfg), info=info), path)
+def save_weights(net: DCDMNet, cfg: TrainConfig, path: str | os.PathLike, **info: Any) -> None:
+    """The model and its config only (small; what the repository ships), in the trainer's checkpoint
+    format (``kind="weights"``). ``info``: plain values (numbers, strings) stored alongside."""
+    save_checkpoint(path, net, config=asdict(cfg), kind="weights", info=dict(info))
 
 
 def pretrained_path() -> Path:

@@ -13,7 +13,9 @@ from .autoswitch import AutoSwitch
 from .bosh3 import Bosh3
 from .classic import RK4, Euler, Heun, Midpoint, Ralston
 from .dopri5 import Dopri5
+from .esdirk import ESDIRK, ESDIRKTableau, Kvaerno3, Kvaerno5
 from .implicit import ImplicitStepper
+from .newton import NewtonOptions
 from .rosenbrock import Rodas4, Rodas5P, Rosenbrock, Rosenbrock23
 from .rosenbrock_tableaux import RODAS4, RODAS5P, ROSENBROCK23, RosenbrockTableau
 from .runge_kutta import ExplicitRungeKutta
@@ -32,6 +34,7 @@ __all__ = [
     "ButcherTableau", "ExplicitRungeKutta", "StepResult", "initial_step",
     "Euler", "Midpoint", "Heun", "Ralston", "RK4", "Bosh3", "Dopri5", "Tsit5", "Verner65", "Vern6", "Vern7",
     "METHODS", "ImplicitStepper", "Rosenbrock", "Rosenbrock23", "Rodas4", "Rodas5P", "RosenbrockTableau",
-    "RODAS4", "RODAS5P", "ROSENBROCK23", "AutoSwitch",
+    "RODAS4", "RODAS5P", "ROSENBROCK23", "AutoSwitch", "ESDIRK", "ESDIRKTableau", "Kvaerno3", "Kvaerno5",
+    "NewtonOptions",
     "Controller", "ConstantStepSize", "IController", "PIController", "PIDController", "TorchDiffEq",
 ]

@@ -277,6 +277,12 @@ class Integrator:
                 break
             self.nfe += res.nfe
             self.nge += res.nge
+            if fixed and res.reason is not None:  # a fixed step cannot be retried smaller
+                if trace:
+                    self._record(t, dt, False, res, res.reason)
+                self.nreject += 1
+                self._fail(ReturnCode.NOT_CONVERGED, f"A fixed step failed: {res.reason}.")
+                break
             if fixed:
                 accept, dt_next = True, dt
             elif res.reason is not None:
