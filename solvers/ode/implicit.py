@@ -217,9 +217,13 @@ def time_derivative(terms: ImplicitTerms, t: float, y: Tensor, create_graph: boo
 
 
 def jvp(terms: ImplicitTerms, t: float, y: Tensor, v_flat: Tensor) -> Tensor:
-    """``J v`` (flattened) without forming ``J``: one forward-mode evaluation of ``f``."""
+    """``J v`` (flattened) without forming ``J``. Under autograd: one forward-mode evaluation of
+    ``f`` on the graph; otherwise the reverse-mode linearisation (forward-mode duals do not
+    propagate inside a custom ``autograd.Function``, where ``CheckpointAdjoint`` runs solves)."""
     tt = time_tensor(t, y.device)
     f = terms.f
+    if not torch.is_grad_enabled():
+        return _linearization(f, tt, y)(v_flat)
     _, out = torch.func.jvp(lambda yy: f(tt, yy), (y,), (v_flat.view(y.shape),))
     return out.reshape(-1)
 

@@ -9,7 +9,7 @@ code, OrdinaryDiffEq.jl's ``RosenbrockCache``) each stage is
     W u_i = gamma h [ f(t0 + c_i h, y0 + sum_{j<i} a_ij u_j) + sum_{j<i} (C_ij / h) u_j + d_i h f_t ],
     y1 = y0 + sum_j m_j u_j,        err = sum_j e_j u_j,
 
-with ``f_t = df/dt(t0, y0)`` for non-autonomous ``f`` (one forward-mode evaluation; skipped when
+with ``f_t = df/dt(t0, y0)`` for non-autonomous ``f`` (one evaluation and two reverse passes; skipped when
 ``f`` does not depend on ``t``, see below) and the coefficients of a ``RosenbrockTableau``
 (``solvers.ode.rosenbrock_tableaux``, which documents and checks them).
 
@@ -38,8 +38,8 @@ The step
   same point reuses them: ``njac`` counts distinct step starts, ``nfact`` and ``nsolve`` attempts
   (``nsolve = stages x attempts``; Rosenbrock23 takes 2 stages on fixed steps without a trace,
   its third one only feeds the error estimate).
-* **Time dependence**: once per solve (at the first attempt) ``f`` is evaluated with a forward-mode
-  dual ``t``; if the output carries no tangent, ``f`` does not depend on ``t`` (structurally) and
+* **Time dependence**: once per solve (at the first attempt) ``f`` is evaluated with ``t`` requiring
+  a gradient; if no gradient reaches ``t``, ``f`` does not depend on ``t`` (structurally) and
   ``f_t`` is never computed. That probe is counted in ``ntgrad`` (so ``ntgrad`` is 1 for an
   autonomous problem, ``1 + njac`` otherwise). A field whose dependence on ``t`` switches on later
   in the solve through Python control flow on ``float(t)`` would be missed; write it with tensor
@@ -62,7 +62,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 
 from ..stepping.controllers import Controller, IController
@@ -112,17 +111,22 @@ def _version(y: Tensor) -> int:
 
 
 def _depends_on_time(f: Any, t: float, y: Tensor) -> bool:
-    """Whether ``f(t, y)`` depends on ``t`` at all: one evaluation with a forward-mode dual ``t``
-    (no tangent on the output: independent). Errors (a field that cannot run under forward AD)
-    count as dependent, so the time derivative is then attempted as usual; so does inference mode,
-    where forward-mode duals do not propagate."""
+    """Whether ``f(t, y)`` depends on ``t`` at all: one evaluation with ``t`` requiring a gradient and
+    one reverse pass (no path from ``t`` to the output: independent). Reverse mode rather than a
+    forward-mode dual: forward duals do not propagate inside a custom ``autograd.Function``'s
+    forward (where ``CheckpointAdjoint`` runs the solve), which would wrongly report every field as
+    autonomous. Errors, and inference mode (no autograd at all), count as dependent, so the time
+    derivative is then attempted as usual."""
     if torch.is_inference_mode_enabled():
         return True
-    tt = time_tensor(t, y.device)
     try:
-        with torch.no_grad(), fwAD.dual_level():
-            out = f(fwAD.make_dual(tt, torch.ones_like(tt)), y.detach())
-            return fwAD.unpack_dual(out).tangent is not None
+        with torch.enable_grad():
+            tt = time_tensor(t, y.device).requires_grad_(True)
+            out = f(tt, y.detach())
+            if not out.requires_grad:
+                return False
+            (g,) = torch.autograd.grad(out, tt, torch.ones_like(out), allow_unused=True)
+        return g is not None
     except Exception:
         return True
 
@@ -188,7 +192,7 @@ class Rosenbrock(ImplicitStepper):
         if hit is not None and hit[0] == t and hit[1] is y and hit[2] == _version(y):
             return hit[3], hit[4]
         if "autonomous" not in cache:
-            terms.counters.ntgrad += 1  # the probe is one forward-mode evaluation
+            terms.counters.ntgrad += 1  # the probe is one evaluation and one reverse pass
             cache["autonomous"] = not _depends_on_time(terms.f, t, y)
         J = None if terms.opts.linsolve == "gmres" else jacobian(terms, t, y)
         dT = None
