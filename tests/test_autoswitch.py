@@ -1,4 +1,4 @@
-"""AutoSwitch: switching on the exposed stiffness estimate; stiff methods under every adjoint and in NeuralODE."""
+"""AutoSwitch: switching on the exposed stiffness estimate; stiff methods under the adjoints and NeuralODE."""
 
 import numpy as np
 import pytest
