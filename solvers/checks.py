@@ -22,6 +22,17 @@ def check_finite(name: str, x: Tensor) -> None:
         raise ValueError(f"{name} contains {bad} values")
 
 
+def check_field_value(name: str, value: Any, y0: Tensor) -> None:
+    """Raise ``ValueError`` unless the vector-field value ``value`` (e.g. ``f(t0, y0)``, named
+    ``name``) is a finite tensor of ``y0``'s shape and dtype: the first evaluation of an ODE solve."""
+    if not isinstance(value, Tensor) or value.shape != y0.shape:
+        got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+        raise ValueError(f"{name} must return a tensor of shape {tuple(y0.shape)}, got {got}")
+    if value.dtype != y0.dtype:
+        raise ValueError(f"{name} returned dtype {value.dtype}, but y0 has dtype {y0.dtype}")
+    check_finite(name, value.detach())
+
+
 def check_floating(name: str, x: Tensor) -> None:
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")

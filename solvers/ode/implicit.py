@@ -37,7 +37,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from ..checks import check_finite
+from ..checks import check_field_value
 from ..problem import ODEProblem
 from ..solution import ReturnCode, Solution
 from ..stepping.controllers import Controller, PIController, default_tolerances
@@ -408,12 +408,7 @@ class ImplicitStepper(Stepper):
 
     def first_evaluations(self, terms: ImplicitTerms, t0: float, y0: Tensor) -> tuple[Tensor, None, int, int]:
         f0 = terms.f(time_tensor(t0, y0.device), y0)
-        if not isinstance(f0, Tensor) or f0.shape != y0.shape:
-            got = tuple(f0.shape) if isinstance(f0, Tensor) else type(f0).__name__
-            raise ValueError(f"f(t0, y0) must return a tensor of shape {tuple(y0.shape)}, got {got}")
-        if f0.dtype != y0.dtype:
-            raise ValueError(f"f(t0, y0) returned dtype {f0.dtype}, but y0 has dtype {y0.dtype}")
-        check_finite("f(t0, y0)", f0.detach())
+        check_field_value("f(t0, y0)", f0, y0)
         if terms.opts.jac is not None:  # a wrong jac is refused before the first step
             jacobian(terms, t0, y0)
             terms.counters.njac -= 1

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from ..checks import check_finite
+from ..checks import check_field_value
 from ..problem import ODEProblem
 from ..solution import Solution
 from ..stepping.controllers import Controller, IController, default_tolerances
@@ -211,12 +211,7 @@ class ExplicitRungeKutta(Stepper):
 
     def first_evaluations(self, terms: ODETerms, t0: float, y0: Tensor) -> tuple[Tensor, None, int, int]:
         f0 = terms.f(time_tensor(t0, y0.device), y0)
-        if not isinstance(f0, Tensor) or f0.shape != y0.shape:
-            got = tuple(f0.shape) if isinstance(f0, Tensor) else type(f0).__name__
-            raise ValueError(f"f(t0, y0) must return a tensor of shape {tuple(y0.shape)}, got {got}")
-        if f0.dtype != y0.dtype:
-            raise ValueError(f"f(t0, y0) returned dtype {f0.dtype}, but y0 has dtype {y0.dtype}")
-        check_finite("f(t0, y0)", f0.detach())
+        check_field_value("f(t0, y0)", f0, y0)
         return f0.reshape(-1), None, 1, 0
 
     def dense_piece(self, terms: ODETerms, t_new: float, res: StepResult,
