@@ -39,7 +39,9 @@ def solve(problem: Any, algorithm: Algorithm, adjoint: Adjoint | None = None, **
     ``dt0`` (first adaptive step), ``saveat``, ``trace``, ``controller``, ``max_steps``, ``dtmin``,
     ``dtmax``, ``throw``, ``progress`` and ``events`` (an ``Event`` or several;
     methods with dense output). ODE methods add ``dense``; SDE methods ``brownian``, ``seed``,
-    ``save_noise``.
+    ``save_noise``. Explicit Runge-Kutta methods also run on the sync-free loop
+    (``solvers.stepping.device_loop``): ``sync_free=True``, ``compile=True`` (one ``torch.compile``d
+    graph per step), ``batch_mode="per_sample"`` (a step size per batch row), ``sync_every=k``.
 
     ``adjoint`` chooses how gradients of the solution are computed (``solvers.adjoint``):
     ``None`` or ``Backprop()`` differentiates through the step loop; ``BacksolveAdjoint()``,
@@ -57,6 +59,12 @@ def solve(problem: Any, algorithm: Algorithm, adjoint: Adjoint | None = None, **
     _check_adjoint(adjoint)
     if adjoint is None or type(adjoint) is Backprop:
         return algorithm.solve(problem, **options)
+    from .stepping.device_loop import wants_device_loop
+
+    if wants_device_loop(options):
+        raise ValueError(f"sync_free / compile / batch_mode='per_sample' differentiate by backpropagation "
+                         f"through the loop; adjoint={adjoint!r} runs its own solves on the default loop: "
+                         "use adjoint=Backprop() (the default) with them, or drop them")
     if options.get("events") is not None:
         # The event time's gradient (implicit function theorem) differentiates the dense output of
         # the solve's own graph, which only Backprop keeps.

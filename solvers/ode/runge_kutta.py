@@ -17,6 +17,7 @@ from ..checks import check_field_value
 from ..problem import ODEProblem
 from ..solution import Solution
 from ..stepping.controllers import Controller, IController, default_tolerances
+from ..stepping.device_loop import solve_sync_free, strip_device_options, wants_device_loop
 from ..stepping.protocol import Stepper, StepResult
 from ..stepping.times import time_tensor
 from .dense import DenseOutput
@@ -236,6 +237,20 @@ class ExplicitRungeKutta(Stepper):
     def make_solution(self, **fields: Any) -> Solution:
         extras = fields.pop("extras")
         return Solution(**fields, events=extras["events"])
+
+    # -- solving: the default loop, or the sync-free / compiled one ---------------------------------
+    def solve(self, problem: Any, **options: Any):
+        """``sync_free=True``, ``compile=True`` or ``batch_mode="per_sample"`` run the sync-free loop
+        (``solvers.stepping.device_loop``); otherwise the default loop."""
+        if wants_device_loop(options):
+            return solve_sync_free(problem, self, **options)
+        return super().solve(problem, **strip_device_options(options))
+
+    def init(self, problem: Any, **options: Any):
+        if wants_device_loop(options):
+            raise ValueError("the sync-free loop (sync_free, compile, batch_mode='per_sample') runs a solve "
+                             "to its end on the device; step by hand with the default loop")
+        return super().init(problem, **strip_device_options(options))
 
     # -- one step by hand ---------------------------------------------------------------------------
     def step(self, f, t: float | Tensor, y: Tensor, dt: float | Tensor, *, f0: Tensor | None = None,

@@ -106,6 +106,16 @@ class Controller:
     def adapt(self, state: ControllerState, dt: float, error: float, k: int) -> tuple[bool, float]:
         raise NotImplementedError
 
+    def adapt_tensor(self, memory: tuple[Tensor, Tensor], dt: Tensor, error: Tensor,
+                     k: float) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor]]:
+        """``adapt`` on tensors, for the sync-free loop (``solvers.stepping.device_loop``): ``dt``
+        and ``error`` are float64 tensors of one shape (one entry per independently stepped batch
+        row, or a single entry), ``memory`` the two previous accepted errors (ones at the start).
+        Returns ``(accept, dt_next, memory)``, every branch taken with ``torch.where`` so that no
+        value is read on the host. Must equal ``adapt`` entry by entry."""
+        raise NotImplementedError(f"{type(self).__name__} has no tensor rule: it cannot drive a sync-free "
+                                  "solve")
+
 
 @dataclass(frozen=True)
 class ConstantStepSize(Controller):
@@ -113,6 +123,9 @@ class ConstantStepSize(Controller):
 
     def adapt(self, state: ControllerState, dt: float, error: float, k: int) -> tuple[bool, float]:
         return True, dt
+
+    def adapt_tensor(self, memory, dt, error, k):
+        return torch.ones_like(dt, dtype=torch.bool), dt, memory
 
 
 def _check_factors(safety: float, factormin: float, factormax: float) -> None:
@@ -152,6 +165,15 @@ class IController(Controller):
         factor = min(self.factormax, max(lo, self.safety * error ** (-1.0 / k)))
         return accept, dt * factor
 
+    def adapt_tensor(self, memory, dt, error, k):
+        k = self.exponent_order or k
+        accept = error <= 1.0
+        lo = self.factormin if self.shrink_on_accept else torch.where(accept, 1.0, self.factormin)
+        # error = 0 gives inf here, clipped to factormax: the host rule's special case.
+        factor = torch.clamp(self.safety * error.pow(-1.0 / k), max=self.factormax)
+        factor = torch.maximum(factor, torch.as_tensor(lo, dtype=dt.dtype, device=dt.device))
+        return accept, dt * factor, memory
+
 
 @dataclass(frozen=True)
 class PIController(Controller):
@@ -190,6 +212,17 @@ class PIController(Controller):
             return True, dt / q
         return False, dt / min(1.0 / self.qmin, q11 / self.gamma)
 
+    def adapt_tensor(self, memory, dt, error, k):
+        beta1 = self.beta1 if self.beta1 is not None else 0.7 / k
+        beta2 = self.beta2 if self.beta2 is not None else 0.4 / k
+        prev, prev_prev = memory
+        q11 = error.pow(beta1)
+        accept = error <= 1.0
+        q_acc = torch.clamp(q11 / prev.pow(beta2) / self.gamma, 1.0 / self.qmax, 1.0 / self.qmin)
+        q_rej = torch.clamp(q11 / self.gamma, max=1.0 / self.qmin)
+        prev = torch.where(accept, error.clamp(min=1e-4), prev)
+        return accept, dt / torch.where(accept, q_acc, q_rej), (prev, prev_prev)
+
 
 @dataclass(frozen=True)
 class PIDController(Controller):
@@ -224,6 +257,20 @@ class PIDController(Controller):
         factor = min(self.factormax, max(self.factormin, factor)) if math.isfinite(factor) else self.factormax
         state.prev_prev_error, state.prev_error = state.prev_error, e
         return True, dt * factor
+
+    def adapt_tensor(self, memory, dt, error, k):
+        prev, prev_prev = memory
+        e = error.clamp(min=1e-10)
+        b1 = (self.pcoeff + self.icoeff + self.dcoeff) / k
+        b2 = -(self.pcoeff + 2 * self.dcoeff) / k
+        b3 = self.dcoeff / k
+        accept = error <= 1.0
+        f_rej = torch.clamp(self.safety * e.pow(-b1), self.factormin, 1.0)
+        f_acc = self.safety * e.pow(-b1) * prev.pow(-b2) * prev_prev.pow(-b3)
+        f_acc = torch.where(torch.isfinite(f_acc), torch.clamp(f_acc, self.factormin, self.factormax),
+                            self.factormax)
+        new = (torch.where(accept, e, prev), torch.where(accept, prev, prev_prev))
+        return accept, dt * torch.where(accept, f_acc, f_rej), new
 
 
 def initial_step(f, t0: float, y0: Tensor, f0: Tensor, direction: float, order: int, rtol: float,

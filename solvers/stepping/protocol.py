@@ -199,4 +199,10 @@ class Stepper(Algorithm):
         return Integrator(problem, self, **options)
 
     def solve(self, problem: Any, **options: Any):
+        from .device_loop import wants_device_loop
+
+        if wants_device_loop(options):
+            raise ValueError(f"sync_free / compile / batch_mode='per_sample' drive explicit Runge-Kutta "
+                             f"methods (Tsit5, Dopri5, Bosh3, Verner, RK4, ...); {type(self).__name__} runs "
+                             "on the default loop: drop those options")
         return self.init(problem, **options).run()
