@@ -426,3 +426,26 @@ def test_sync_free_gpu_solve_has_no_host_sync_per_step():
     assert sol.retcode is ReturnCode.SUCCESS
     assert torch.allclose(sol.ys, ref.ys, rtol=1e-4, atol=1e-5)
     assert net[0].weight.grad is not None and bool(torch.isfinite(net[0].weight.grad).all())
+
+
+def test_neural_ode_trains_on_the_sync_free_loop_with_a_regulariser():
+    """``NeuralODE(solve_options={"sync_free": True})`` with ERNODE's global-error regulariser: the
+    loss and its gradients equal the default loop's (same model, same data)."""
+    from nde import NeuralODE
+    from nde.regularization import GlobalError
+
+    torch.manual_seed(0)
+    field = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2)).double()
+    y0 = torch.randn(8, 2, dtype=F64)
+    ts = torch.linspace(0, 1, 5, dtype=F64)
+    grads = []
+    for opts in ({}, {"sync_free": True}):
+        model = NeuralODE(lambda t, y: field(y), rtol=1e-6, atol=1e-8, solve_options=opts)
+        reg = GlobalError(weight=0.1)
+        ys = model(y0, ts, regularizer=reg)
+        loss = ys.pow(2).mean() + model.reg_loss
+        field.zero_grad()
+        loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in field.parameters()]))
+        assert model.reg_loss is not None and float(model.reg_loss) > 0
+    assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-9)

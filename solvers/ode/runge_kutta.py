@@ -71,6 +71,15 @@ class ExplicitRungeKutta(Stepper):
     * ``progress`` (False): a tqdm bar over the time span, drawn only when stderr is a terminal.
     * ``events``: an ``Event`` or a sequence of them, located on the dense
       output; a terminal one ends the solve (``ReturnCode.EVENT``), all hits are in ``sol.events``.
+
+    On the sync-free loop (``solvers.stepping.device_loop``, ``docs/speed.md``), without events:
+
+    * ``sync_free`` (False): every step decision a tensor operation on the state's device.
+    * ``compile`` (False): ``True``, ``"step"`` or ``"solve"``: the attempt, or the whole loop (no
+      gradients), as one ``torch.compile``d graph, reused by later solves of the same shapes.
+    * ``batch_mode`` (``"shared"``): ``"per_sample"`` gives each row of a batched state its own step
+      size, error norm and accept/reject (``saveat`` required).
+    * ``sync_every`` (1 on the CPU, 16 on accelerators): attempts between termination checks.
     """
 
     tableau: ClassVar[ButcherTableau]

@@ -171,7 +171,7 @@ class StepKernel:
 
     def __init__(self, alg: ExplicitRungeKutta, controller: Controller, rows: int, shape: torch.Size,
                  direction: float, nsave: int, want_trace: bool, want_dense: bool, fixed: bool,
-                 per_sample: bool):
+                 per_sample: bool, dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu"):
         tab = alg.tableau
         self.s = tab.stages
         self.a = [[float(x) for x in row[:i]] for i, row in enumerate(tab.a)]
@@ -181,7 +181,10 @@ class StepKernel:
         self.fsal = tab.fsal
         self.pair = tab.stiffness_pair
         self.stability_size = float(tab.stability_size)
-        self.poly = torch.as_tensor(tab.dense_poly, dtype=torch.float64)  # (pieces, P)
+        # Dense-output weights b_i(theta) (pieces, P) and the powers 0..P-1, on the state's device once
+        # (not copied to it at every attempt).
+        self.poly = torch.as_tensor(tab.dense_poly, dtype=torch.float64).to(device, dtype)
+        self.powers = torch.arange(self.poly.shape[1], device=device, dtype=dtype)
         self.controller = controller
         self.k_exp = float(alg.error_exponent)
         self.rows, self.shape, self.direction = rows, tuple(int(v) for v in shape), direction
@@ -277,8 +280,7 @@ class StepKernel:
             inside = acc[None, :] & (tsc * d > tt * d) & (tsc * d <= tn * d)
             safe_h = torch.where(hs != 0, hs, torch.ones_like(hs))
             theta = ((tsc - tt) / safe_h[None, :]).to(y.dtype)  # (S, R)
-            powers = theta[..., None] ** torch.arange(self.poly.shape[1], device=y.device, dtype=y.dtype)
-            w = powers @ self.poly.to(y.device, y.dtype).T  # (S, R, pieces)
+            w = (theta[..., None] ** self.powers) @ self.poly.T  # (S, R, pieces)
             kst = torch.stack(pieces)  # (pieces, R, n)
             interp = y[None] + hy[None] * torch.einsum("srj,jrn->srn", w, kst)
             at_end = (tsc == tn)[..., None]
@@ -457,7 +459,8 @@ def solve_sync_free(problem: Any, alg: ExplicitRungeKutta, **options: Any) -> So
     f0_flat, _, nfe, _ = alg.first_evaluations(terms, t0, y0)
 
     build = dict(rows=rows, shape=shape, direction=d, nsave=len(save_list), want_trace=want_trace,
-                 want_dense=want_dense, fixed=fixed, per_sample=dopts.per_sample)
+                 want_dense=want_dense, fixed=fixed, per_sample=dopts.per_sample, dtype=y0.dtype,
+                 device=device)
     signature = (tuple(shape), y0.dtype, str(device), rows, d, len(save_list), want_trace, want_dense, fixed,
                  dopts.per_sample)
     # A field whose whole-solve graph failed to trace before goes straight to the per-step graph.
