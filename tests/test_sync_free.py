@@ -325,13 +325,18 @@ def test_compiled_gradients_trace_and_per_sample():
                       ("per_sample", {"batch_mode": "per_sample"}),
                       ("compiled_per_sample", {"compile": True, "batch_mode": "per_sample"})]:
         sol = solve(prob, Tsit5(), rtol=1e-8, atol=1e-10, saveat=ts, trace=True, dense=False, **kw)
-        loss = sol.ys.pow(2).sum() + global_error(sol.trace)
-        outs[label] = (sol, torch.autograd.grad(loss, a)[0])
+        g_ys = torch.autograd.grad(sol.ys.pow(2).sum(), a, retain_graph=True)[0]
+        g_reg = torch.autograd.grad(global_error(sol.trace), a)[0]
+        outs[label] = (sol, g_ys, g_reg)
     for base, other in [("eager", "compiled"), ("per_sample", "compiled_per_sample")]:
-        (s0, g0), (s1, g1) = outs[base], outs[other]
+        (s0, g0, r0), (s1, g1, r1) = outs[base], outs[other]
         assert s0.stats.nfe == s1.stats.nfe
         assert torch.allclose(s0.ys, s1.ys, rtol=1e-10, atol=1e-12)
-        assert torch.allclose(g0, g1, rtol=1e-6, atol=1e-9)
+        assert torch.allclose(g0, g1, rtol=1e-8, atol=1e-10)
+        # Error estimates are differences of nearly equal stage sums: the compiled graph's fused
+        # arithmetic moves them (and their gradients) at ~1e-5 relative; a wrong gradient is O(1) off.
+        assert torch.allclose(r0, r1, rtol=1e-3, atol=1e-9)
+        assert float(r1.abs().max()) > 0
 
 
 @pytest.mark.slow

@@ -160,6 +160,17 @@ def _combine(ks: list[Tensor], coeffs: list[float], stacked: Tensor | None = Non
     return out
 
 
+def _row_norm(x: Tensor) -> Tensor:
+    """The 2-norm of each row of ``(R, n)`` ``x``, with a gradient that is 0 (not NaN) at a zero row.
+
+    Written as a sum of squares rather than ``torch.linalg.vector_norm(x, dim=1)``: inductor's
+    single-threaded CPU code for the latter's backward inside the per-step graph returned gradients
+    1e6 too small in torch 2.13 (per-sample mode, one thread; the forward was right)."""
+    sq = (x * x).sum(dim=1)
+    pos = sq > 0
+    return torch.where(pos, torch.sqrt(torch.where(pos, sq, torch.ones_like(sq))), torch.zeros_like(sq))
+
+
 class StepKernel:
     """One attempt of an explicit Runge-Kutta method for ``R`` rows at once, as a pure function of
     tensors (see the module docstring). ``R = 1`` is the shared mode (the whole state is one row).
@@ -243,14 +254,14 @@ class StepKernel:
         n = y.shape[1]
         if self.e is not None:
             scale = torch.maximum(y.abs(), y1.abs()) * rtol + atol
-            err_rows = torch.linalg.vector_norm(_combine(ks, self.e) / scale, dim=1)
+            err_rows = _row_norm(_combine(ks, self.e) / scale)
             err = err_rows * (hs.abs().to(y.dtype) / math.sqrt(n))
         else:
             err = torch.full_like(hs, float("nan"), dtype=y.dtype)
         stiff = None
         if self.want_trace and gi >= 0:
-            num = torch.linalg.vector_norm(ks[gj] - ks[gi], dim=1)
-            den = torch.linalg.vector_norm(g[1] - g[0], dim=1)
+            num = _row_norm(ks[gj] - ks[gi])
+            den = _row_norm(g[1] - g[0])
             stiff = torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)),
                                 torch.zeros_like(den)) / self.stability_size
 
@@ -334,6 +345,8 @@ def _kernel(alg: ExplicitRungeKutta, controller: Controller, signature: tuple, b
     if hit is None:
         k = StepKernel(alg, controller, **build)
         if mode == "step":
+            _no_donated_buffers()
+
             def run(f, *args):
                 return k(f, *args)
         else:
@@ -367,6 +380,20 @@ SOLVE_GRAPH_OPTIONS: dict[str, Any] = {"cpp_wrapper": True}
 
 #: Tensors in the loop's state (``StepKernel.__call__``'s first outputs).
 _NSTATE = 12
+
+
+def _no_donated_buffers() -> None:
+    """Turn off AOTAutograd's donated buffers, process-wide, before the first per-step graph is built.
+
+    With them the backward may reuse the saved activations' memory, so a second backward through a
+    solve (``retain_graph=True``: the loss and a regulariser read from the trace) raises -- or, when
+    the backward is compiled lazily outside a ``config.patch`` context, returns wrong gradients without
+    a word (measured here: a regulariser's gradient 1e-9 instead of 2e-3). The setting is read when a
+    backward is compiled, which can be after the solve returns, so a scoped patch is not enough; the
+    cost is memory reuse in the backward of every compiled graph of the process."""
+    import torch._functorch.config as functorch_config
+
+    functorch_config.donated_buffer = False
 
 
 def _graph_count() -> int:
@@ -668,7 +695,9 @@ def solve_sync_free(problem: Any, alg: ExplicitRungeKutta, **options: Any) -> So
 
 
 def _call(call, name: str, *args):
-    """One call of the step (or solve) graph; a failure to trace says what to do instead."""
+    """One call of the step (or solve) graph; a failure to trace says what to do instead.
+
+    """
     try:
         return call(*args)
     except Exception as exc:
