@@ -2,9 +2,10 @@
 
     python benchmarks/_diffrax_peer.py SPEC.json
 
-``SPEC.json`` names the workload (``kind``: ``mlp`` | ``linear`` | ``cnf``; ``grad``), the tolerances,
-the save times, ``repeats`` and ``threads``, and an ``npz`` file with the arrays (MLP weights in torch's
-``(out, in)`` layout, ``y0``, ``A`` for the linear system, ``eps`` for the CNF trace estimate), written
+``SPEC.json`` names the workload (``kind``: ``mlp`` | ``linear`` | ``cnf`` | ``oscillators``; ``grad``),
+the tolerances, the save times, ``repeats`` and ``threads``, and an ``npz`` file with the arrays (MLP
+weights in torch's ``(out, in)`` layout, ``y0``, ``A`` for the linear system, ``eps`` for the CNF trace
+estimate, ``omega`` for the oscillators), written
 by ``peers.py`` from the torch problem so that both solve the same problem. One JSON object goes to
 stdout: median wall time of ``repeats`` calls after a warm-up (``block_until_ready``), the first call
 (compile + run), the final saved state, step statistics, NFE (counted, see ``counted_solve``), the time of
@@ -85,6 +86,12 @@ def main(argv: list[str]) -> dict:
             (v,) = vjp(eps)  # eps^T df/dz, one vjp per evaluation
             tr = jnp.sum(v * eps, axis=-1, keepdims=True)  # Hutchinson estimate of tr(df/dz)
             return jnp.concatenate([fz, -tr], axis=-1)
+    elif kind == "oscillators":
+        omega, zeta = arrays["omega"], float(spec["zeta"])
+
+        def field(y, p):  # one solve of the whole bank (diffrax's joint error norm, as our shared mode)
+            x, v = y[:, 0], y[:, 1]
+            return jnp.stack([v, -2 * zeta * omega * v - omega * omega * x], axis=1)
     else:
         return {"status": f"failed: unknown kind {kind}"}
 

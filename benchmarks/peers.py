@@ -10,6 +10,8 @@ MLP weights from ``torch.manual_seed(0)``, then ``y0 = randn``; the same weights
   linear10                        y' = A y, d = 10, float64 (A as in ode_overhead.py; exact: matrix_exp)
   cnf_trace                       state (z, logp), z (256, 2): dz/dt = MLP(z), dlogp/dt = -eps^T (df/dz) eps
                                   (Hutchinson, fixed Rademacher eps, one vjp per evaluation), no grad
+  oscillators_b256                256 damped oscillators (zeta 0.05), omega log-spaced over [0.5, 50],
+                                  float64: time scales 100x apart, where per-sample steps pay (exact)
   mlp2_b4096_cuda[_grad]          when CUDA is available: the mlp2 pair at batch 4096 on the GPU
 
 Peers (one row each): ours (``solvers.solve`` with Tsit5 / Dopri5, modes default, sync_free, compiled,
@@ -39,6 +41,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import platform
 import statistics
@@ -60,6 +63,7 @@ from solvers import Dopri5, ODEProblem, Tsit5, solve  # noqa: E402
 
 T0, T1, RTOL, ATOL, NSAVE = 0.0, 5.0, 1e-6, 1e-8, 20
 REF_TOL = 1e-12
+OSC_ZETA = 0.05
 DIFFRAX_HELPER = Path(__file__).resolve().parent / "_diffrax_peer.py"
 
 OURS_MODES = {
@@ -75,7 +79,7 @@ PER_SAMPLE_MODES = ("per_sample", "compiled_per_sample")
 @dataclass
 class Workload:
     name: str
-    kind: str  # "mlp" | "linear" | "cnf"
+    kind: str  # "mlp" | "linear" | "cnf" | "oscillators"
     dim: int = 2
     hidden: int = 64
     batch: int = 256
@@ -99,7 +103,8 @@ def workloads(quick: bool) -> tuple[list[Workload], list[str]]:
           Workload("mlp16_b1024_grad", "mlp", dim=16, hidden=256, batch=1024, grad=True),
           Workload("mlp2_b1", "mlp", batch=1),
           Workload("linear10", "linear", dim=10, batch=1, dtype=torch.float64),
-          Workload("cnf_trace", "cnf")]
+          Workload("cnf_trace", "cnf"),
+          Workload("oscillators_b256", "oscillators", batch=256, dtype=torch.float64)]
     if torch.cuda.is_available():
         ws += [Workload("mlp2_b4096_cuda", "mlp", batch=4096, device="cuda"),
                Workload("mlp2_b4096_cuda_grad", "mlp", batch=4096, grad=True, device="cuda")]
@@ -166,6 +171,26 @@ class Problem:
             self.f_rows = lambda t, y: y @ self.a.T  # (1, d) layout for torchode
             self.arrays.update(A=a.numpy(), y0=y0.numpy())
             self.ref = (torch.linalg.matrix_exp(self.a * T1) @ self.y0).double()
+            return
+        if w.kind == "oscillators":
+            # Damped oscillators x'' + 2 zeta omega x' + omega^2 x = 0 with omega log-spaced over [0.5, 50]:
+            # time scales 100x apart, where per-sample step sizes pay (exact solution at t1).
+            omega = torch.logspace(math.log10(0.5), math.log10(50.0), w.batch, dtype=torch.float64)
+            self.omega = omega.to(dev)
+            self.y0 = torch.zeros(w.batch, 2, dtype=torch.float64, device=dev)
+            self.y0[:, 0] = 1.0
+            z, om = OSC_ZETA, self.omega
+
+            def field(t, y):
+                x, v = y[:, 0], y[:, 1]
+                return torch.stack([v, -2 * z * om * v - om * om * x], dim=1)
+
+            self.f = self.f_rows = field
+            a, b = z * omega, omega * math.sqrt(1 - z * z)
+            x = torch.exp(-a * T1) * (torch.cos(b * T1) + (a / b) * torch.sin(b * T1))
+            v = -torch.exp(-a * T1) * (omega * omega / b) * torch.sin(b * T1)
+            self.ref = torch.stack([x, v], dim=1).to(dev)
+            self.arrays.update(omega=omega.numpy(), y0=self.y0.cpu().numpy())
             return
         torch.manual_seed(0)
         net = mlp_net(w.dim, w.hidden)
@@ -332,7 +357,8 @@ def diffrax_row(prob: Problem, w: Workload, ts: list[float], repeats: int, threa
     with tempfile.TemporaryDirectory() as tmp:
         npz = Path(tmp) / "arrays.npz"
         np.savez(npz, **prob.arrays)
-        spec = dict(kind=w.kind, grad=w.grad, dtype="float64" if w.dtype == torch.float64 else "float32",
+        spec = dict(kind=w.kind, grad=w.grad, zeta=OSC_ZETA,
+                    dtype="float64" if w.dtype == torch.float64 else "float32",
                     rtol=RTOL, atol=ATOL, ts=ts, t0=T0, t1=T1, repeats=repeats, threads=threads,
                     npz=str(npz), max_steps=16384)
         spec_path = Path(tmp) / "spec.json"
@@ -477,6 +503,15 @@ def print_table(name: str, rows: list[dict], t_f_us: float | None) -> None:
               f"{fmt(r.get('vs_torchdiffeq'), '.2f', 7)} {fmt(r.get('nfe'), 'd', 6)} "
               f"{fmt(r.get('error'), '.2e', 9)} {fmt(r.get('overhead'), '.2f', 6)} {comp_s:>9}  "
               f"{r['status'][:160]}")
+    # Per-row work: the per-sample rows' mean NFE per row (what each row needed) against the batched NFE.
+    for r in rows:
+        per_row = ((r.get("info") or {}).get("extra") or {}).get("nfe_per_sample")
+        if isinstance(per_row, list) and per_row:
+            print(f"  {r['label']}: NFE per row mean {statistics.mean(per_row):.0f}, min {min(per_row)}, "
+                  f"max {max(per_row)} (batched evaluations: {r.get('nfe')})")
+        if r["peer"] == "torchode" and (r.get("info") or {}).get("n_steps_mean") is not None:
+            print(f"  {r['label']}: steps per row mean {r['info']['n_steps_mean']:.0f}, "
+                  f"max {r['info'].get('n_steps_max')}")
     gn = [(r["label"], r["grad_norm"]) for r in rows if r.get("grad_norm") is not None]
     if gn:  # all peers solve the same problem: their gradients should agree to about the tolerance
         print("gradient norms: " + ", ".join(f"{lab} {g:.7g}" for lab, g in gn))
