@@ -168,10 +168,10 @@ class IController(Controller):
     def adapt_tensor(self, memory, dt, error, k):
         k = self.exponent_order or k
         accept = error <= 1.0
-        lo = self.factormin if self.shrink_on_accept else torch.where(accept, 1.0, self.factormin)
         # error = 0 gives inf here, clipped to factormax: the host rule's special case.
-        factor = torch.clamp(self.safety * error.pow(-1.0 / k), max=self.factormax)
-        factor = torch.maximum(factor, torch.as_tensor(lo, dtype=dt.dtype, device=dt.device))
+        factor = torch.clamp(self.safety * error.pow(-1.0 / k), self.factormin, self.factormax)
+        if not self.shrink_on_accept:  # an accepted step never shrinks the next
+            factor = torch.where(accept, factor.clamp(min=1.0), factor)
         return accept, dt * factor, memory
 
 

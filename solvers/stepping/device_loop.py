@@ -74,7 +74,7 @@ from torch import Tensor
 
 from ..checks import check_options, check_precision, check_saveat, fixed_step, step_options
 from ..solution import ReturnCode, Solution, SolverError, Stats, StepTrace, as_time_tensor
-from .controllers import ConstantStepSize, Controller, PIController
+from .controllers import Controller
 
 if TYPE_CHECKING:
     from ..ode.runge_kutta import ExplicitRungeKutta
@@ -441,7 +441,7 @@ def initial_step_rows(f, field_time, t0: Tensor, y0: Tensor, f0: Tensor, directi
 
 def solve_sync_free(problem: Any, alg: ExplicitRungeKutta, **options: Any) -> Solution:
     """``solve`` on the sync-free loop (see the module docstring)."""
-    from .loop import LOOP_OPTIONS
+    from .loop import LOOP_OPTIONS, first_step_option, resolve_controller
 
     name = type(alg).__name__
     check_options(options, LOOP_OPTIONS + alg.extra_options + DEVICE_OPTIONS, f"solve with {name}")
@@ -467,15 +467,8 @@ def solve_sync_free(problem: Any, alg: ExplicitRungeKutta, **options: Any) -> So
 
     dt_fixed = fixed_step(options, alg.adaptive, name)
     fixed = dt_fixed is not None
-    ctrl = options.get("controller")
-    if ctrl is not None and not isinstance(ctrl, Controller):
-        raise TypeError(f"controller must be a Controller, got {type(ctrl).__name__}")
-    if fixed:
-        ctrl = ConstantStepSize()
-    elif ctrl is None:
-        ctrl = alg.default_controller()
-    elif isinstance(ctrl, PIController):
-        ctrl = alg.pi_controller(ctrl)
+    ctrl = resolve_controller(options, alg, fixed)
+    h_first = None if fixed else first_step_option(options)
     rtol, atol = ctrl.tolerances(options, alg.kind)
     opts = step_options(options, rtol=rtol, atol=atol)
     if not fixed:
@@ -510,11 +503,8 @@ def solve_sync_free(problem: Any, alg: ExplicitRungeKutta, **options: Any) -> So
     t1_t = torch.full((rows,), t1, **f64)
     if fixed:
         dt = torch.full((rows,), d * dt_fixed, **f64)
-    elif options.get("dt0") is not None:
-        h = float(options["dt0"])
-        if not (math.isfinite(h) and h > 0):
-            raise ValueError(f"dt0 must be a finite positive step size, got {options['dt0']!r}")
-        dt = torch.full((rows,), d * min(h, opts.dtmax, abs(t1 - t0)), **f64)
+    elif h_first is not None:
+        dt = torch.full((rows,), d * min(h_first, opts.dtmax, abs(t1 - t0)), **f64)
     else:
         h = initial_step_rows(f, kernel.field_time, t0_t, y, fv, d, alg.initial_step_order, opts.rtol,
                               opts.atol, shape)

@@ -69,6 +69,30 @@ def step_grid(t0: float, t1: float, dt: float, stops: list[float] = ()) -> list[
     return out
 
 
+def resolve_controller(options: dict[str, Any], alg: Stepper, fixed: bool) -> Controller:
+    """The solve's controller: ``ConstantStepSize`` for fixed steps, else the ``controller`` option
+    (a ``PIController`` without betas takes the method's), else the method's default."""
+    ctrl = options.get("controller")
+    if ctrl is not None and not isinstance(ctrl, Controller):
+        raise TypeError(f"controller must be a Controller, got {type(ctrl).__name__}")
+    if fixed:
+        return ConstantStepSize()
+    if ctrl is None:
+        return alg.default_controller()
+    return alg.pi_controller(ctrl) if isinstance(ctrl, PIController) else ctrl
+
+
+def first_step_option(options: dict[str, Any]) -> float | None:
+    """The ``dt0`` option (the first adaptive step), validated; ``None`` when not given."""
+    dt0 = options.get("dt0")
+    if dt0 is None:
+        return None
+    h = float(dt0)
+    if not (math.isfinite(h) and h > 0):
+        raise ValueError(f"dt0 must be a finite positive step size, got {dt0!r}")
+    return h
+
+
 class Integrator:
     """Integrates a problem with a stepper, step by step (see the module docstring)."""
 
@@ -87,16 +111,7 @@ class Integrator:
         # error estimates a trace records).
         dt_fixed = fixed_step(options, alg.adaptive, name)
         self.fixed = dt_fixed is not None
-        ctrl = options.get("controller")
-        if ctrl is not None and not isinstance(ctrl, Controller):
-            raise TypeError(f"controller must be a Controller, got {type(ctrl).__name__}")
-        if self.fixed:
-            ctrl = ConstantStepSize()
-        elif ctrl is None:
-            ctrl = alg.default_controller()
-        elif isinstance(ctrl, PIController):
-            ctrl = alg.pi_controller(ctrl)
-        self.controller = ctrl
+        self.controller = ctrl = resolve_controller(options, alg, self.fixed)
         rtol, atol = ctrl.tolerances(options, alg.kind)
         opts = step_options(options, rtol=rtol, atol=atol)
         self.rtol, self.atol = opts.rtol, opts.atol
@@ -133,15 +148,11 @@ class Integrator:
         if self.fixed:
             self.dt = self.grid[1] - self.grid[0]
         else:
-            dt0 = options.get("dt0")
-            if dt0 is None:
+            h = first_step_option(options)
+            if h is None:
                 h, extra = ctrl.initial_step(self.terms.f, t0, y0, self.fv.view(self.shape), d,
                                              alg.initial_step_order, self.rtol, self.atol)
                 self.nfe += extra
-            else:
-                h = float(dt0)
-                if not (math.isfinite(h) and h > 0):
-                    raise ValueError(f"dt0 must be a finite positive step size, got {dt0!r}")
             self.dt = d * min(h, self.dtmax, abs(t1 - t0))
 
         self.naccept = 0
