@@ -30,8 +30,6 @@ import atexit
 import builtins
 import os
 import pickle
-import queue as queue_module
-import socket
 import time
 import traceback
 from datetime import timedelta
@@ -40,6 +38,7 @@ from typing import Any
 import torch
 
 from ..solution import ReturnCode, SolverError
+from ..training.distributed import free_port, gather_results
 from .backends import Distributed
 from .runner import Part, run_range
 from .solution import EnsembleSolution, assemble
@@ -195,12 +194,6 @@ def run_distributed(ensemble: Any, algorithm: Any, adjoint: Any, trajectories: i
 
 
 # -- spawned local processes ---------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _dumps(obj: Any) -> bytes:
     try:
         import cloudpickle
@@ -255,52 +248,14 @@ def spawn(ensemble: Any, algorithm: Any, adjoint: Any, trajectories: int, spec: 
     blob = _dumps((ensemble, algorithm, adjoint, trajectories, spec, options, keep_outputs))
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
-    port = _free_port()
+    port = free_port()
     threads = max(1, (os.cpu_count() or 1) // world)
     procs = [ctx.Process(target=_worker, args=(r, world, port, blob, results, pg, spec.timeout, threads),
                          name=f"ensemble-rank-{r}", daemon=True) for r in range(world)]
     for p in procs:
         p.start()
-    got: dict[int, Any] = {}
-    deadline = time.monotonic() + spec.timeout
-
-    def stop_all(grace: float) -> None:
-        # Ranks that delivered exit by themselves; the others (a failure, a timeout) are stopped.
-        end = time.monotonic() + grace
-        for p in procs:
-            p.join(max(0.0, end - time.monotonic()))
-        for p in procs:
-            if p.is_alive():
-                p.terminate()
-                p.join(5)
-
-    ok = False
-    try:
-        while len(got) < world:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"Distributed(nprocs={world}): no result within timeout = "
-                                   f"{spec.timeout} s")
-            try:
-                kind, rank, data = results.get(timeout=min(left, 1.0))
-            except queue_module.Empty:
-                dead = [r for r, p in enumerate(procs) if p.exitcode is not None and r not in got]
-                if dead:
-                    try:  # a rank that exited may have a message still in the pipe
-                        kind, rank, data = results.get(timeout=2.0)
-                    except queue_module.Empty:
-                        codes = {r: procs[r].exitcode for r in dead}
-                        raise RuntimeError(f"Distributed(nprocs={world}): rank(s) {sorted(codes)} exited "
-                                           f"without a result (exit codes {codes})") from None
-                else:
-                    continue
-            if kind == "error":
-                raise rebuild_error(data)
-            got[rank] = data
-        ok = True
-    finally:
-        stop_all(10.0 if ok else 0.0)
-        results.close()
+    got = gather_results(procs, results, spec.timeout, f"Distributed(nprocs={world})",
+                         lambda rank, data: rebuild_error(data), poll=1.0)
     sol = pickle.loads(got[0])
     sol.seconds = time.perf_counter() - t_start
     return sol

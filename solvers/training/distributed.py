@@ -44,7 +44,8 @@ import torch
 from torch import Tensor
 
 __all__ = ["DistContext", "distributed_available", "init_distributed", "current_context", "default_backend",
-           "local_device", "shard", "all_reduce_sum", "broadcast_object", "barrier", "free_port", "spawn"]
+           "local_device", "shard", "all_reduce_sum", "broadcast_object", "barrier", "free_port",
+           "gather_results", "spawn"]
 
 
 @dataclass(frozen=True)
@@ -185,6 +186,53 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def gather_results(procs: Sequence[Any], results: Any, timeout: float, label: str,
+                   on_error: Callable[[int, Any], BaseException], poll: float = 0.5) -> dict[int, Any]:
+    """One ``(kind, rank, data)`` message per process from ``results``: ``{rank: data}``.
+
+    The processes' launcher waits here (shared by ``spawn`` and the ensembles' ``Distributed``): a
+    message of kind ``"error"`` raises ``on_error(rank, data)``; a rank that exits without a message
+    (after 2 s more for one still in the pipe) raises ``RuntimeError``; nothing within ``timeout``
+    seconds raises ``TimeoutError``. Every process is stopped before this returns or raises: those that
+    delivered get 10 s to exit by themselves, the others are terminated; the queue is closed."""
+    n = len(procs)
+    got: dict[int, Any] = {}
+    deadline = time.monotonic() + timeout
+    done = False
+    try:
+        while len(got) < n:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"{label}: no result within timeout = {timeout} s (results from ranks "
+                                   f"{sorted(got)})")
+            try:
+                kind, rank, data = results.get(timeout=min(left, poll))
+            except queue_module.Empty:
+                dead = [r for r, p in enumerate(procs) if p.exitcode is not None and r not in got]
+                if not dead:
+                    continue
+                try:  # a rank that exited may still have its message in the pipe
+                    kind, rank, data = results.get(timeout=2.0)
+                except queue_module.Empty:
+                    codes = {r: procs[r].exitcode for r in dead}
+                    raise RuntimeError(f"{label}: rank(s) {sorted(codes)} exited without a result "
+                                       f"(exit codes {codes})") from None
+            if kind == "error":
+                raise on_error(rank, data)
+            got[rank] = data
+        done = True
+    finally:
+        end = time.monotonic() + (10.0 if done else 0.0)
+        for p in procs:
+            p.join(max(0.0, end - time.monotonic()))
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+                p.join(5)
+        results.close()
+    return got
+
+
 def _dumps(obj: Any) -> bytes:
     try:
         import cloudpickle
@@ -256,39 +304,8 @@ def spawn(fn: Callable[..., Any], nprocs: int = 2, args: Sequence[Any] = (), kwa
              for r in range(nprocs)]
     for p in procs:
         p.start()
-    got: dict[int, bytes] = {}
-    deadline = time.monotonic() + timeout
-    done = False
-    try:
-        while len(got) < nprocs:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"spawn: {nprocs} processes gave no result within timeout = {timeout} s "
-                                   f"(results from ranks {sorted(got)})")
-            try:
-                kind, rank, data = results.get(timeout=min(left, 0.5))
-            except queue_module.Empty:
-                dead = [r for r, p in enumerate(procs) if p.exitcode is not None and r not in got]
-                if not dead:
-                    continue
-                try:  # a rank that exited may still have its message in the pipe
-                    kind, rank, data = results.get(timeout=2.0)
-                except queue_module.Empty:
-                    codes = {r: procs[r].exitcode for r in dead}
-                    raise RuntimeError(f"spawn: rank(s) {sorted(codes)} exited without a result "
-                                       f"(exit codes {codes})") from None
-            if kind == "error":
-                raise RuntimeError(f"spawn: rank {rank} of {nprocs} failed: {data}")
-            got[rank] = data
-        done = True
-    finally:
-        end = time.monotonic() + (10.0 if done else 0.0)
-        for p in procs:
-            p.join(max(0.0, end - time.monotonic()))
-        for p in procs:
-            if p.is_alive():
-                p.terminate()
-                p.join(5)
-        results.close()
+    got = gather_results(procs, results, timeout, f"spawn ({nprocs} processes)",
+                         lambda rank, data: RuntimeError(f"spawn: rank {rank} of {nprocs} failed: {data}"),
+                         poll=0.5)
     # weights_only=False: the values are arbitrary Python objects returned by our own child processes
     return [torch.load(io.BytesIO(got[r]), weights_only=False) for r in range(nprocs)]
