@@ -249,6 +249,8 @@ class StepKernel:
             y1 = y + hy * _combine(ks, self.b)
             f1 = f(self.field_time(t_new), y1.view(shape)).reshape(y.shape)
         pieces = ks if self.fsal else ks + [f1]
+        # The stacked stages (pieces, R, n), built once when dense output or a one-row save needs them.
+        kst = torch.stack(pieces) if (self.want_dense or (self.nsave and self.rows == 1)) else None
 
         n = y.shape[1]
         if self.e is not None:
@@ -296,7 +298,7 @@ class StepKernel:
             for p in range(self.poly.shape[1] - 2, -1, -1):
                 w = w * theta + self.poly[:, p]
             if self.rows == 1:  # one row: the weighted stage sum is one (S x pieces) @ (pieces x n) product
-                acc_k = (w[:, 0] @ torch.stack(pieces)[:, 0])[:, None]
+                acc_k = (w[:, 0] @ kst[:, 0])[:, None]
             else:  # per row: a fused multiply-add per stage (batched matmuls of K = pieces are slower)
                 acc_k = sum(w[..., j, None] * kj[None] for j, kj in enumerate(pieces))
             interp = y[None] + hy[None] * acc_k
@@ -319,7 +321,7 @@ class StepKernel:
         step_no = step_no + acc.to(step_no.dtype)
         out = (t_out, dt_out, y_out, f_out, done, code, mem1, mem2, nacc, nrej, ys, step_no)
         record = (t, hs, acc, err, stiff, active) if self.want_trace else None
-        dense = (t, hs, y, torch.stack(pieces), acc) if self.want_dense else None
+        dense = (t, hs, y, kst, acc) if self.want_dense else None
         keep = (t_new, y1, acc) if self.nsave == 0 else None
         return out, record, dense, keep
 
